@@ -1,0 +1,53 @@
+"""The errors a user can cause or meet; each says what went wrong in one line."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses of the `lab` command."""
+
+    OK = 0
+    FAILED = 1  # the lab could not do what was asked (build failed, lab not ready, ...)
+    USAGE = 2  # bad input on the command line
+    NO_ENGINE = 3  # no Docker engine answers
+    SKEWED = 4  # lab verify: traffic is not spread as expected
+    INTERRUPTED = 130
+
+
+class LabError(Exception):
+    """A failure the user should see as one line, not as a traceback."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail  # extra context shown below the one-line message (a log tail)
+
+
+class InvalidInput(LabError):
+    """The command line asks for something impossible; nothing was touched."""
+
+    exit_code = ExitCode.USAGE
+
+
+class EngineUnavailable(LabError):
+    """No Docker engine answers."""
+
+    exit_code = ExitCode.NO_ENGINE
+
+
+class BuildFailed(LabError):
+    """An image did not build; `detail` holds the tail of the build log."""
+
+
+class NotReady(LabError):
+    """Containers started but the lab did not come up in time."""
+
+
+class Interrupted(LabError):
+    """The user pressed Ctrl-C; what was started has been rolled back."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -1,0 +1,54 @@
+"""Label names every lab resource carries, and the filters that find them again (pure)."""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = "lab."
+NAME = "lab.name"
+ROLE = "lab.role"
+REPLICA = "lab.replica"
+SESSION = "lab.session"
+PID = "lab.pid"
+SPEC = "lab.spec"
+SITE_VERSION = "lab.site-version"
+
+ROLE_WEB = "web"
+ROLE_LB = "lb"
+ROLE_CHECK = "config-check"
+ROLE_BACKEND_NET = "backend"
+ROLE_FRONTEND_NET = "frontend"
+ROLE_SITE_IMAGE = "site-image"
+
+
+def session_id() -> str:
+    """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it)."""
+    return os.environ.get("LAB_SESSION") or f"pid{os.getpid()}"
+
+
+def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
+    """Labels for a resource of lab `name` playing `role`; `extra` keys gain the `lab.` prefix."""
+    labels = {NAME: name, ROLE: role, SESSION: session_id(), PID: str(os.getpid())}
+    for key, value in extra.items():
+        labels[PREFIX + key.replace("_", "-")] = value
+    return labels
+
+
+def lab_filter(name: str, role: str | None = None) -> dict[str, list[str]]:
+    """A Docker `filters` value matching resources of lab `name` (and `role`, if given)."""
+    wanted = [f"{NAME}={name}"]
+    if role is not None:
+        wanted.append(f"{ROLE}={role}")
+    return {"label": wanted}
+
+
+def any_lab_filter() -> dict[str, list[str]]:
+    """A Docker `filters` value matching resources of every lab."""
+    return {"label": [NAME]}
+
+
+def reject_reserved(user_labels: dict[str, str]) -> None:
+    """Refuse user labels in the `lab.` namespace: those are how labs are found and removed."""
+    reserved = sorted(key for key in user_labels if key.startswith(PREFIX))
+    if reserved:
+        raise ValueError(f"labels in the reserved 'lab.' namespace: {', '.join(reserved)}")

@@ -1,0 +1,170 @@
+"""The validated description of a lab: what `lab up` is asked to build (pure, no Docker)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import InvalidInput
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_SITE = PROJECT_DIR / "site"
+
+DEFAULT_NAME = "lab"
+DEFAULT_REPLICAS = 3
+DEFAULT_PORT = 8080
+DEFAULT_BIND = "127.0.0.1"
+MAX_REPLICAS = 64
+ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "random_two")
+
+# Docker allows more, but the name ends up in container names, DNS names and nginx configs.
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """Everything `lab up` needs to know; build it with `LabSpec.create` to get it validated."""
+
+    name: str = DEFAULT_NAME
+    replicas: int = DEFAULT_REPLICAS
+    port: int = DEFAULT_PORT
+    bind: str = DEFAULT_BIND
+    site: Path = DEFAULT_SITE
+    algorithm: str = "round_robin"
+    weights: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        name: object = DEFAULT_NAME,
+        replicas: object = DEFAULT_REPLICAS,
+        port: object = DEFAULT_PORT,
+        bind: object = DEFAULT_BIND,
+        site: object = DEFAULT_SITE,
+        algorithm: object = "round_robin",
+        weights: object = (),
+        check_site: bool = True,
+    ) -> LabSpec:
+        """Validate raw values (from a command line or a test) into a spec, or raise InvalidInput."""
+        n = parse_replicas(replicas)
+        spec = cls(
+            name=parse_name(name),
+            replicas=n,
+            port=parse_port(port),
+            bind=parse_bind(bind),
+            site=parse_site(site) if check_site else Path(str(site)),
+            algorithm=parse_algorithm(algorithm),
+            weights=parse_weights(weights, n),
+        )
+        return spec
+
+    # Names of the resources this lab is made of.
+    def replica_name(self, index: int) -> str:
+        """The container (and host) name of replica `index`, counted from 1."""
+        return f"{self.name}-web-{index}"
+
+    def replica_names(self) -> list[str]:
+        return [self.replica_name(i) for i in range(1, self.replicas + 1)]
+
+    @property
+    def lb_name(self) -> str:
+        return f"{self.name}-lb"
+
+    @property
+    def backend_network(self) -> str:
+        return f"{self.name}-backend"
+
+    @property
+    def frontend_network(self) -> str:
+        return f"{self.name}-frontend"
+
+    @property
+    def site_image(self) -> str:
+        return f"lab/{self.name}-site:latest"
+
+    @property
+    def url(self) -> str:
+        return f"http://{probe_host(self.bind)}:{self.port}/"
+
+
+def probe_host(bind: str) -> str:
+    """The address the host uses to reach a load balancer bound to `bind` (always loopback)."""
+    address = ipaddress.ip_address(bind)
+    if address.is_loopback:
+        return f"[{bind}]" if address.version == 6 else bind
+    return "127.0.0.1"
+
+
+def _as_int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidInput(f"{what} must be a whole number, not {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise InvalidInput(f"{what} must be a whole number, not {str(value)!r}")
+    return int(text)
+
+
+def parse_replicas(value: object) -> int:
+    n = _as_int(value, "replicas")
+    if not 1 <= n <= MAX_REPLICAS:
+        raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}, not {n}")
+    return n
+
+
+def parse_port(value: object) -> int:
+    port = _as_int(value, "port")
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"port must be between 1 and 65535, not {port}")
+    return port
+
+
+def parse_bind(value: object) -> str:
+    text = str(value).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidInput(f"bind address must be an IP address such as 127.0.0.1, not {text!r}") from None
+
+
+def parse_name(value: object) -> str:
+    text = str(value)
+    if not _NAME_PATTERN.fullmatch(text):
+        raise InvalidInput(
+            f"lab name must be 1-40 lowercase letters, digits or dashes, starting with a letter or digit, not {text!r}"
+        )
+    return text
+
+
+def parse_site(value: object) -> Path:
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise InvalidInput(f"site directory {str(path)!r} does not exist")
+    if not (path / "index.html").is_file():
+        raise InvalidInput(f"site directory {str(path)!r} has no index.html")
+    return path.resolve()
+
+
+def parse_algorithm(value: object) -> str:
+    text = str(value).strip().replace("-", "_")
+    if text not in ALGORITHMS:
+        raise InvalidInput(f"unknown balancing method {str(value)!r}; choose one of {', '.join(ALGORITHMS)}")
+    return text
+
+
+def parse_weights(value: object, replicas: int) -> tuple[int, ...]:
+    """Weights come as '3,1,1' or a sequence; empty means equal weights."""
+    if value is None or value == "" or value == ():
+        return ()
+    items: Sequence[object] = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    weights = tuple(_as_int(item, "each weight") for item in items)
+    if len(weights) != replicas:
+        raise InvalidInput(f"got {len(weights)} weights for {replicas} replicas; give one weight per replica")
+    if any(not 1 <= w <= 1000 for w in weights):
+        raise InvalidInput("weights must be whole numbers between 1 and 1000")
+    return weights

@@ -1,0 +1,55 @@
+import os
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from lab.render import nginx_view, render_nginx_conf
+from lab.spec import LabSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_rendered_config_matches_golden_file(replicas: int) -> None:
+    rendered = render_nginx_conf(nginx_view(LabSpec.create(replicas=replicas)))
+    golden = GOLDEN / f"nginx-{replicas}.conf"
+    if os.environ.get("LAB_UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert rendered == golden.read_text()
+
+
+def test_config_explains_which_replica_each_server_line_is() -> None:
+    rendered = render_nginx_conf(nginx_view(LabSpec.create(name="demo", replicas=2)))
+    assert "# replica 1: container demo-web-1" in rendered
+    assert "server demo-web-2:80 max_fails=1 fail_timeout=10s;" in rendered
+    assert "server_tokens off;" in rendered
+    assert "zone replicas" in rendered
+    assert "add_header X-Upstream-Addr $upstream_addr always;" in rendered
+
+
+def test_weights_appear_on_their_server_lines() -> None:
+    rendered = render_nginx_conf(nginx_view(LabSpec.create(replicas=3, weights="3,1,1")))
+    assert "server lab-web-1:80 weight=3 " in rendered
+    assert "server lab-web-2:80 max_fails" in rendered
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "directive"),
+    [
+        ("least_conn", "least_conn;"),
+        ("ip_hash", "ip_hash;"),
+        ("random", "random;"),
+        ("random_two", "random two least_conn;"),
+    ],
+)
+def test_balancing_method_comes_before_keepalive(algorithm: str, directive: str) -> None:
+    rendered = render_nginx_conf(nginx_view(LabSpec.create(algorithm=algorithm)))
+    # nginx requires the method to be activated before `keepalive`.
+    assert rendered.index(directive) < rendered.index("keepalive 32;")
+
+
+def test_a_missing_template_variable_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "nginx.conf.j2").write_text("upstream {{ view.upstream }} { {{ view.no_such_thing }} }")
+    with pytest.raises(jinja2.UndefinedError):
+        render_nginx_conf(nginx_view(LabSpec.create()), template_dir=tmp_path)

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from lab.errors import InvalidInput
+from lab.spec import DEFAULT_SITE, MAX_REPLICAS, LabSpec, parse_weights, probe_host
+
+
+def test_defaults_describe_the_documented_lab() -> None:
+    spec = LabSpec.create()
+    assert (spec.name, spec.replicas, spec.port, spec.bind) == ("lab", 3, 8080, "127.0.0.1")
+    assert spec.site == DEFAULT_SITE
+    assert spec.replica_names() == ["lab-web-1", "lab-web-2", "lab-web-3"]
+    assert spec.lb_name == "lab-lb"
+    assert spec.url == "http://127.0.0.1:8080/"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        (0, "between 1 and 64"),
+        (-1, "between 1 and 64"),
+        ("-3", "between 1 and 64"),
+        (MAX_REPLICAS + 1, "between 1 and 64"),
+        ("abc", "whole number"),
+        ("2.5", "whole number"),
+        ("", "whole number"),
+        (True, "whole number"),
+    ],
+)
+def test_bad_replica_counts_are_refused(replicas: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        LabSpec.create(replicas=replicas)
+
+
+def test_replica_bounds_are_inclusive() -> None:
+    assert LabSpec.create(replicas="1").replicas == 1
+    assert LabSpec.create(replicas=MAX_REPLICAS).replicas == MAX_REPLICAS
+
+
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [
+        (0, "between 1 and 65535"),
+        (65536, "between 1 and 65535"),
+        ("http", "whole number"),
+        ("-80", "between"),
+    ],
+)
+def test_bad_ports_are_refused(port: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        LabSpec.create(port=port)
+
+
+@pytest.mark.parametrize("bind", ["localhost", "256.1.1.1", "127.0.0.1:80", "", "1.2.3"])
+def test_bad_bind_addresses_are_refused(bind: str) -> None:
+    with pytest.raises(InvalidInput, match="bind address"):
+        LabSpec.create(bind=bind)
+
+
+def test_bind_addresses_are_normalised_and_probed_on_loopback() -> None:
+    assert LabSpec.create(bind="0.0.0.0").url == "http://127.0.0.1:8080/"
+    assert LabSpec.create(bind="127.0.0.2").url == "http://127.0.0.2:8080/"
+    assert probe_host("::1") == "[::1]"
+    assert probe_host("192.168.1.10") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("name", ["", "Lab", "-lab", "lab_1", "a" * 41, "lab web", "lab/1"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="lab name"):
+        LabSpec.create(name=name)
+
+
+def test_site_must_exist_and_hold_an_index(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="does not exist"):
+        LabSpec.create(site=tmp_path / "missing")
+    with pytest.raises(InvalidInput, match="no index.html"):
+        LabSpec.create(site=tmp_path)
+    (tmp_path / "index.html").write_text("<h1>hi</h1>")
+    assert LabSpec.create(site=tmp_path).site == tmp_path.resolve()
+
+
+def test_weights_need_one_positive_whole_number_per_replica() -> None:
+    assert parse_weights("3,1,1", 3) == (3, 1, 1)
+    assert parse_weights("", 3) == ()
+    with pytest.raises(InvalidInput, match="2 weights for 3 replicas"):
+        parse_weights("3,1", 3)
+    with pytest.raises(InvalidInput, match="between 1 and 1000"):
+        parse_weights("0,1,1", 3)
+    with pytest.raises(InvalidInput, match="whole number"):
+        parse_weights("a,1,1", 3)
+
+
+def test_unknown_algorithm_lists_the_known_ones() -> None:
+    with pytest.raises(InvalidInput, match="round_robin, least_conn"):
+        LabSpec.create(algorithm="fastest")
+    assert LabSpec.create(algorithm="least-conn").algorithm == "least_conn"
