@@ -136,7 +136,8 @@ def parse_name(value: object) -> str:
     text = str(value)
     if not _NAME_PATTERN.fullmatch(text):
         raise InvalidInput(
-            f"lab name must be 1-40 lowercase letters, digits or dashes, starting with a letter or digit, not {text!r}"
+            "lab name must be 1-40 lowercase letters, digits or dashes, "
+            f"starting with a letter or digit, not {text!r}"
         )
     return text
 
