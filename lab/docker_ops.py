@@ -1,0 +1,251 @@
+"""The only docker-SDK user for containers and networks: a thin adapter with lab-sized verbs.
+
+Everything it creates is labelled by the caller; everything it removes is found by label.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.models.networks import Network
+
+from lab.errors import BuildFailed, EngineUnavailable, LabError
+
+LineFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What to start: the adapter turns it into one `create` call."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    network: str
+    hostname: str | None = None
+    command: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "80/tcp" -> (bind, port)
+    cap_add: tuple[str, ...] = ()
+    mem_limit: str = "128m"
+    pids_limit: int = 256
+    restart: str | None = None  # e.g. "unless-stopped"
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    network_disabled: bool = False
+
+
+class Engine:
+    """A connected Docker engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls, timeout: int = 60) -> Engine:
+        """Connect to the engine from the environment (DOCKER_HOST or the default socket)."""
+        try:
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        except Exception as exc:  # the SDK raises several unrelated types for "nobody answers"
+            raise EngineUnavailable(
+                "no Docker engine answers; start one (`make setup` does) and try again"
+            ) from exc
+        return cls(client)
+
+    # Images -----------------------------------------------------------------------------
+    def build_image(
+        self,
+        context: Path,
+        tag: str,
+        *,
+        dockerfile: Path | None = None,
+        buildargs: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        on_line: LineFn | None = None,
+    ) -> str:
+        """Build `context` into `tag`; stream output lines to `on_line`; raise BuildFailed."""
+        log: list[str] = []
+        try:
+            stream = self.client.api.build(
+                path=str(context),
+                dockerfile=str(dockerfile) if dockerfile else None,
+                tag=tag,
+                buildargs=buildargs or {},
+                labels=labels or {},
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+            image_id = ""
+            for chunk in stream:
+                if "error" in chunk:
+                    log.append(str(chunk["error"]).rstrip())
+                    raise BuildFailed(
+                        f"building {tag} failed: {_last_line(chunk['error'])}", detail=_tail(log)
+                    )
+                text = str(chunk.get("stream", "")).rstrip()
+                if text:
+                    log.append(text)
+                    if on_line:
+                        on_line(text)
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"building {tag} failed: {exc.explanation or exc}", detail=_tail(log)) from exc
+        return image_id or self.client.images.get(tag).id
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    # Networks ---------------------------------------------------------------------------
+    def create_network(self, name: str, labels: dict[str, str], *, internal: bool) -> Network:
+        return self.client.networks.create(
+            name, driver="bridge", internal=internal, labels=labels, check_duplicate=True
+        )
+
+    def networks(self, filters: dict[str, list[str]]) -> list[Network]:
+        return self.client.networks.list(filters=filters)
+
+    # Containers -------------------------------------------------------------------------
+    def create_container(self, req: ContainerRequest) -> Container:
+        """Create (not start) a container that keeps only the privileges it needs."""
+        kwargs: dict[str, Any] = {
+            "name": req.name,
+            "hostname": req.hostname,
+            "labels": req.labels,
+            "command": req.command,
+            "environment": req.environment,
+            "detach": True,
+            "cap_drop": ["ALL"],
+            "cap_add": list(req.cap_add),
+            "security_opt": ["no-new-privileges:true"],
+            "mem_limit": req.mem_limit,
+            "pids_limit": req.pids_limit,
+            "extra_hosts": req.extra_hosts or None,
+        }
+        if req.network_disabled:
+            kwargs["network_mode"] = "none"
+        else:
+            kwargs["network"] = req.network
+        if req.ports:
+            kwargs["ports"] = dict(req.ports)
+        if req.restart:
+            kwargs["restart_policy"] = {"Name": req.restart}
+        return self.client.containers.create(req.image, **kwargs)
+
+    def start(self, container: Container) -> None:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise LabError(f"could not start {container.name}: {_one_line(exc)}") from exc
+
+    def attach(self, network: str, container: Container, aliases: list[str] | None = None) -> None:
+        self.client.networks.get(network).connect(container, aliases=aliases)
+
+    def containers(self, filters: dict[str, list[str]]) -> list[Container]:
+        return self.client.containers.list(all=True, filters=filters)
+
+    def put_file(self, container: Container, path: str, content: str, mode: int = 0o644) -> None:
+        """Write one text file into a container (created or running), without a bind mount."""
+        directory, _, filename = path.rpartition("/")
+        data = content.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(filename)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        container.put_archive(directory or "/", buffer.getvalue())
+
+    def read_file(self, container: Container, path: str) -> str:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            extracted = tar.extractfile(member) if member else None
+            return extracted.read().decode() if extracted else ""
+
+    def exec(self, container: Container, command: list[str]) -> tuple[int, str]:
+        """Run `command` in a running container; return its exit code and combined output."""
+        result = container.exec_run(command, stdout=True, stderr=True, demux=False)
+        output = result.output.decode(errors="replace") if result.output else ""
+        return int(result.exit_code), output
+
+    def logs(self, container: Container, tail: int = 40) -> str:
+        try:
+            return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.APIError:
+            return ""
+
+    def wait_exit(self, container: Container, timeout: float) -> int:
+        return int(container.wait(timeout=timeout)["StatusCode"])
+
+    # Cleanup ----------------------------------------------------------------------------
+    def remove_containers(self, containers: Iterable[Container]) -> int:
+        removed = 0
+        for container in containers:
+            try:
+                container.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+        return removed
+
+    def remove_networks(self, networks: Iterable[Network]) -> int:
+        removed = 0
+        for network in networks:
+            try:
+                network.remove()
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+        return removed
+
+    def remove_volumes(self, filters: dict[str, list[str]]) -> int:
+        removed = 0
+        for volume in self.client.volumes.list(filters=filters):
+            try:
+                volume.remove(force=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+        return removed
+
+
+def _tail(lines: list[str], n: int = 15) -> str:
+    return "\n".join(lines[-n:])
+
+
+def _last_line(text: object) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else str(text).strip()
+
+
+def _one_line(exc: docker.errors.APIError) -> str:
+    return _last_line(exc.explanation or exc)
+
+
+_STEP = re.compile(r"^Step (\d+)/(\d+)")
+
+
+def build_fraction(line: str) -> float | None:
+    """The classic builder prints `Step 3/5 : ...`; turn that into a fraction done."""
+    match = _STEP.match(line)
+    if not match:
+        return None
+    step, total = int(match.group(1)), int(match.group(2))
+    return (step - 1) / total if total else None

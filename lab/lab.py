@@ -1,0 +1,488 @@
+"""The orchestrator: `up`, `down` and `status` of one lab, each a transaction on the engine."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+from docker.models.containers import Container
+
+from lab import labels
+from lab.docker_ops import ContainerRequest, Engine, build_fraction
+from lab.errors import InvalidInput, LabError, NotReady
+from lab.images import BaseImages, ensure_base_images
+from lab.render import nginx_view, render_nginx_conf
+from lab.spec import DEFAULT_SITE, LabSpec, probe_host
+
+ProgressFn = Callable[[str, float | None], None]
+
+NGINX_CONF = "/etc/nginx/nginx.conf"
+HTTPD_READY = "resuming normal operations"  # httpd logs this once it listens
+# What each process needs once every capability is dropped: bind :80 as root, then switch to an
+# unprivileged user, signal its workers, and (nginx) chown its temp directories.
+HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "KILL")
+NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE")
+START_WORKERS = 16
+
+
+def _quiet(_: str, __: float | None) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One container of a lab, as `lab status` shows it."""
+
+    name: str
+    role: str
+    index: int
+    state: str
+    health: str
+    image: str
+    site_version: str
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    name: str
+    url: str
+    algorithm: str
+    load_balancer: MemberStatus | None
+    replicas: tuple[MemberStatus, ...]
+    networks: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Removed:
+    containers: int
+    networks: int
+    volumes: int
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.containers or self.networks or self.volumes)
+
+
+# Up -------------------------------------------------------------------------------------
+def up(engine: Engine, spec: LabSpec, progress: ProgressFn = _quiet, *, timeout: float = 60.0) -> LabStatus:
+    """Build and start the lab; return once every replica has answered through the load balancer.
+
+    On any failure, and on Ctrl-C, everything this call created is removed again.
+    """
+    _refuse_if_present(engine, spec)
+    _refuse_if_port_taken(spec.bind, spec.port)
+    base = ensure_base_images(engine.client, progress=progress)
+    version = site_version(spec.site)
+    build_site_image(engine, spec, base, version, progress)
+    with rollback_on_failure(engine, spec.name):
+        _create_networks(engine, spec)
+        config = render_nginx_conf(nginx_view(spec))
+        with ThreadPoolExecutor(max_workers=1) as checker:
+            # The config test needs no replica running, so it runs while the replicas start.
+            check = checker.submit(check_nginx_config, engine, spec, base.nginx, config)
+            replicas = _start_replicas(engine, spec, version, progress)
+            check.result()
+        _wait_replicas_listening(engine, replicas, progress, deadline=time.monotonic() + timeout)
+        lb = _start_load_balancer(engine, spec, base.nginx, config, progress)
+        wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
+    answered = "ok (answered through the load balancer)"
+    return status(engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]})
+
+
+def _refuse_if_present(engine: Engine, spec: LabSpec) -> None:
+    existing = engine.containers(labels.lab_filter(spec.name))
+    running = [c for c in existing if c.status in ("running", "restarting", "created")]
+    if running:
+        raise InvalidInput(
+            f"lab {spec.name!r} is already up ({len(running)} containers); "
+            f"use it, or remove it first with `lab down --name {spec.name}`"
+        )
+    if existing or engine.networks(labels.lab_filter(spec.name)):
+        remove_lab(engine, spec.name)  # leftovers of a lab that died (engine restart): nothing runs there
+
+
+def _refuse_if_port_taken(bind: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((bind, port))
+        except PermissionError:
+            raise InvalidInput(f"port {port} on {bind} needs privileges this user lacks") from None
+        except OSError as exc:
+            reason = "is already in use" if exc.errno == 98 else f"cannot be used ({exc.strerror})"
+            raise InvalidInput(f"port {port} on {bind} {reason}; choose another with --port") from None
+
+
+def site_version(site: Path) -> str:
+    """A short content hash of the site directory: it changes exactly when the site does."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in site.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(site)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def site_dockerfile(site: Path) -> Path:
+    """A site may bring its own Dockerfile; otherwise the bundled one is used."""
+    own = site / "Dockerfile"
+    return own if own.is_file() else DEFAULT_SITE / "Dockerfile"
+
+
+def build_site_image(
+    engine: Engine,
+    spec: LabSpec,
+    base: BaseImages,
+    version: str,
+    progress: ProgressFn,
+    tag: str | None = None,
+) -> str:
+    """Build the site image from `spec.site` on top of the httpd base image."""
+    tag = tag or spec.site_image
+    progress(f"building site image {tag}", 0.0)
+
+    def on_line(line: str) -> None:
+        fraction = build_fraction(line)
+        if fraction is not None:
+            progress(f"building site image {tag}: {line.split(':', 1)[0].strip()}", fraction)
+
+    image_id = engine.build_image(
+        spec.site,
+        tag,
+        dockerfile=site_dockerfile(spec.site),
+        buildargs={"HTTPD_IMAGE": base.httpd, "SITE_VERSION": version},
+        labels={
+            **labels.for_lab(spec.name, labels.ROLE_SITE_IMAGE),
+            "org.opencontainers.image.title": f"{spec.name} site",
+            "org.opencontainers.image.description": "Static site served by the lab's httpd replicas",
+            "org.opencontainers.image.version": version,
+            "org.opencontainers.image.base.name": base.httpd,
+        },
+        on_line=on_line,
+    )
+    progress(f"built site image {tag}", 1.0)
+    return image_id
+
+
+def _create_networks(engine: Engine, spec: LabSpec) -> None:
+    # Replicas live on an internal network: no route out, nothing published.
+    engine.create_network(
+        spec.backend_network, labels.for_lab(spec.name, labels.ROLE_BACKEND_NET), internal=True
+    )
+    engine.create_network(
+        spec.frontend_network, labels.for_lab(spec.name, labels.ROLE_FRONTEND_NET), internal=False
+    )
+
+
+def replica_request(spec: LabSpec, index: int, image: str, version: str) -> ContainerRequest:
+    name = spec.replica_name(index)
+    return ContainerRequest(
+        name=name,
+        hostname=name,  # the site reports its hostname as X-Served-By
+        image=image,
+        labels=labels.for_lab(spec.name, labels.ROLE_WEB, replica=str(index), site_version=version),
+        network=spec.backend_network,
+        cap_add=HTTPD_CAPS,
+    )
+
+
+def _start_replicas(engine: Engine, spec: LabSpec, version: str, progress: ProgressFn) -> list[Container]:
+    """Create and start every replica in parallel; the Docker engine does the real work."""
+    return start_containers(
+        engine,
+        [replica_request(spec, i, spec.site_image, version) for i in range(1, spec.replicas + 1)],
+        progress,
+    )
+
+
+def start_containers(
+    engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn
+) -> list[Container]:
+    done = 0
+    lock = threading.Lock()
+
+    def create_and_start(req: ContainerRequest) -> Container:
+        nonlocal done
+        container = engine.create_container(req)
+        engine.start(container)
+        with lock:
+            done += 1
+            progress(f"started {done}/{len(requests_)} replicas", done / len(requests_))
+        return container
+
+    progress(f"starting {len(requests_)} replicas", 0.0)
+    pool = ThreadPoolExecutor(max_workers=min(START_WORKERS, len(requests_)))
+    try:
+        futures = [pool.submit(create_and_start, req) for req in requests_]
+        return [future.result() for future in futures]
+    finally:
+        # On Ctrl-C or an error: let running creates finish (so rollback sees them), drop the rest.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _wait_replicas_listening(
+    engine: Engine, replicas: list[Container], progress: ProgressFn, *, deadline: float
+) -> None:
+    waiting = list(replicas)
+    total = len(replicas)
+    while waiting:
+        for container in list(waiting):
+            container.reload()
+            if container.status in ("exited", "dead"):
+                raise NotReady(
+                    f"replica {container.name} exited while starting", detail=engine.logs(container)
+                )
+            if HTTPD_READY in engine.logs(container, tail=20):
+                waiting.remove(container)
+        progress(f"{total - len(waiting)}/{total} replicas listening", (total - len(waiting)) / total)
+        if waiting and time.monotonic() > deadline:
+            first = waiting[0]
+            raise NotReady(
+                f"{len(waiting)} replica(s) did not start listening in time, e.g. {first.name}",
+                detail=engine.logs(first),
+            )
+        if waiting:
+            time.sleep(0.05)
+
+
+def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: str) -> None:
+    """`nginx -t` the config in a throwaway container of the load balancer's image.
+
+    nginx resolves upstream host names while testing, so the replica names are mapped to a
+    placeholder address: the test then needs neither the network nor running replicas.
+    """
+    hosts = {name: "127.0.0.1" for name in spec.replica_names()}
+    req = ContainerRequest(
+        name=f"{spec.name}-config-check-{int(time.time() * 1000) % 100000}",
+        image=nginx_image,
+        labels=labels.for_lab(spec.name, labels.ROLE_CHECK),
+        network="",
+        network_disabled=True,
+        command=["nginx", "-t"],
+        extra_hosts=hosts,
+        cap_add=NGINX_CAPS,
+    )
+    container = engine.create_container(req)
+    try:
+        engine.put_file(container, NGINX_CONF, config)
+        engine.start(container)
+        code = engine.wait_exit(container, timeout=30)
+        if code != 0:
+            raise LabError(
+                "the rendered nginx config failed `nginx -t`", detail=engine.logs(container, tail=20)
+            )
+    finally:
+        engine.remove_containers([container])
+
+
+def _start_load_balancer(
+    engine: Engine, spec: LabSpec, image: str, config: str, progress: ProgressFn
+) -> Container:
+    progress("starting the load balancer", None)
+    req = ContainerRequest(
+        name=spec.lb_name,
+        hostname=spec.lb_name,
+        image=image,
+        labels=labels.for_lab(spec.name, labels.ROLE_LB, spec=spec_label(spec)),
+        network=spec.frontend_network,
+        ports={"80/tcp": (spec.bind, spec.port)},
+        cap_add=NGINX_CAPS,
+        restart="unless-stopped",
+    )
+    container = engine.create_container(req)
+    engine.attach(spec.backend_network, container)
+    engine.put_file(container, NGINX_CONF, config)
+    try:
+        engine.start(container)
+    except LabError as exc:
+        if "already allocated" in exc.message or "address already in use" in exc.message:
+            raise InvalidInput(
+                f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
+            ) from exc
+        raise
+    return container
+
+
+def spec_label(spec: LabSpec) -> str:
+    """The spec as JSON, kept on the load balancer so later commands know what was asked for."""
+    return json.dumps(
+        {
+            "replicas": spec.replicas,
+            "port": spec.port,
+            "bind": spec.bind,
+            "site": str(spec.site),
+            "algorithm": spec.algorithm,
+            "weights": list(spec.weights),
+        },
+        sort_keys=True,
+    )
+
+
+def spec_from_label(name: str, text: str) -> LabSpec:
+    data = json.loads(text)
+    return LabSpec(
+        name=name,
+        replicas=int(data["replicas"]),
+        port=int(data["port"]),
+        bind=str(data["bind"]),
+        site=Path(data["site"]),
+        algorithm=str(data.get("algorithm", "round_robin")),
+        weights=tuple(int(w) for w in data.get("weights", [])),
+    )
+
+
+def wait_served_by_all(
+    engine: Engine, spec: LabSpec, lb: Container, progress: ProgressFn, *, deadline: float
+) -> None:
+    """Poll the load balancer on loopback until every replica has answered through it."""
+    wanted = set(spec.replica_names())
+    seen: set[str] = set()
+    last_problem = "no answer yet"
+    url = f"http://{probe_host(spec.bind)}:{spec.port}/"
+    max_requests = 50 + 20 * spec.replicas
+    with requests.Session() as session:
+        for _ in range(max_requests):
+            try:
+                response = session.get(url, timeout=2)
+                served_by = response.headers.get("X-Served-By", "")
+                if response.status_code == 200 and served_by in wanted:
+                    seen.add(served_by)
+                else:
+                    last_problem = f"HTTP {response.status_code} from {served_by or 'the load balancer'}"
+            except requests.RequestException as exc:
+                last_problem = type(exc).__name__
+                time.sleep(0.05)
+            progress(f"{len(seen)}/{len(wanted)} replicas answered through {url}", len(seen) / len(wanted))
+            if seen == wanted:
+                return
+            if time.monotonic() > deadline:
+                break
+            lb.reload()
+            if lb.status not in ("running", "created"):
+                break
+    missing = sorted(wanted - seen)
+    raise NotReady(
+        f"{len(missing)} replica(s) never answered through {url} ({last_problem}): {', '.join(missing[:5])}",
+        detail=engine.logs(lb),
+    )
+
+
+# Rollback and down -------------------------------------------------------------------------
+@contextlib.contextmanager
+def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
+    """Remove every resource of lab `name` if the block fails or is interrupted."""
+    try:
+        yield
+    except BaseException:
+        with _sigint_ignored():  # a second Ctrl-C must not leave the rollback half done
+            remove_lab(engine, name)
+        raise
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def remove_lab(engine: Engine, name: str) -> Removed:
+    """Remove every container, network and volume labelled with lab `name`."""
+    selector = labels.lab_filter(name)
+    containers = engine.remove_containers(engine.containers(selector))
+    networks = engine.remove_networks(engine.networks(selector))
+    volumes = engine.remove_volumes(selector)
+    return Removed(containers, networks, volumes)
+
+
+def down(engine: Engine, name: str) -> Removed:
+    return remove_lab(engine, name)
+
+
+# Status ---------------------------------------------------------------------------------
+def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) -> LabStatus:
+    """What runs for lab `name`; each running container is asked whether it answers HTTP,
+    unless its health is already `known`."""
+    containers = engine.containers(labels.lab_filter(name))
+    networks = tuple(sorted(n.name for n in engine.networks(labels.lab_filter(name))))
+    if not containers and not networks:
+        raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
+    lb_container = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
+    web = sorted(
+        (c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB),
+        key=lambda c: int(c.labels.get(labels.REPLICA, "0")),
+    )
+    spec = spec_from_label(name, lb_container.labels[labels.SPEC]) if lb_container else None
+    members = ([lb_container] if lb_container else []) + web
+    checks = known if known is not None else _probe_all(engine, members)
+    return LabStatus(
+        name=name,
+        url=spec.url if spec else "",
+        algorithm=spec.algorithm if spec else "",
+        load_balancer=_member(lb_container, checks) if lb_container else None,
+        replicas=tuple(_member(c, checks) for c in web),
+        networks=networks,
+    )
+
+
+def _member(container: Container, checks: dict[str, str]) -> MemberStatus:
+    tags = container.image.tags if container.image else []
+    return MemberStatus(
+        name=container.name,
+        role=container.labels.get(labels.ROLE, ""),
+        index=int(container.labels.get(labels.REPLICA, "0")),
+        state=container.status,
+        health=checks.get(container.name, "-"),
+        image=tags[0] if tags else container.attrs.get("Config", {}).get("Image", ""),
+        site_version=container.labels.get(labels.SITE_VERSION, ""),
+    )
+
+
+# Health probes run inside the container, so no traffic goes from the host to a container address.
+_PROBE = (
+    "exec 3<>/dev/tcp/127.0.0.1/80 && "
+    "printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
+    'IFS= read -r line <&3 && echo "$line"'
+)
+
+
+def probe_http(engine: Engine, container: Container, path: str = "/") -> str:
+    """`ok` if the container answers an HTTP GET on its own port 80 with 2xx/3xx, else why not."""
+    try:
+        code, output = engine.exec(container, ["bash", "-c", _PROBE.format(path=path)])
+    except Exception as exc:  # an exec into a dying container fails in several ways
+        return f"failing ({type(exc).__name__})"
+    status_line = output.strip().splitlines()[-1] if output.strip() else ""
+    parts = status_line.split()
+    if code == 0 and len(parts) >= 2 and parts[1][:1] in "23":
+        return "ok"
+    return f"failing ({status_line or 'no answer'})"
+
+
+def _probe_all(engine: Engine, containers: list[Container]) -> dict[str, str]:
+    running = [c for c in containers if c.status == "running"]
+    if not running:
+        return {}
+
+    def check(c: Container) -> tuple[str, str]:
+        path = "/lab/health" if c.labels.get(labels.ROLE) == labels.ROLE_LB else "/"
+        return c.name, probe_http(engine, c, path)
+
+    with ThreadPoolExecutor(max_workers=min(START_WORKERS, len(running))) as pool:
+        return dict(pool.map(check, running))

@@ -1,0 +1,81 @@
+"""Fixtures for tests on the real engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import lab as orchestrator
+from lab import labels
+from lab.docker_ops import Engine
+from lab.pytest_plugin import unique_name
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def swept(lab_engine: Engine) -> None:
+    """Remove test labs left behind by earlier runs whose process is gone (a killed session)."""
+    stale: set[str] = set()
+    for resource in lab_engine.containers(labels.any_lab_filter()) + lab_engine.networks(
+        labels.any_lab_filter()
+    ):
+        found = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
+        if found.get(labels.SESSION, "").startswith("pytest-") and not _pid_alive(found.get(labels.PID, "")):
+            stale.add(found[labels.NAME])
+    for name in stale:
+        orchestrator.remove_lab(lab_engine, name)
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_lab(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Run:
+    """Run the real `lab` command in a subprocess, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    return Run(result.returncode, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def lab_name(lab_engine: Engine) -> Iterator[str]:
+    """A unique lab name for a test that drives `lab` itself; whatever it left is removed."""
+    name = unique_name()
+    yield name
+    orchestrator.remove_lab(lab_engine, name)
+
+
+def leftovers(engine: Engine, name: str) -> tuple[int, int]:
+    selector = labels.lab_filter(name)
+    return len(engine.containers(selector)), len(engine.networks(selector))
+
+
+def write_site(directory: Path, *, dockerfile: str | None = None, body: str = "<h1>test site</h1>") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "index.html").write_text(body)
+    if dockerfile is not None:
+        (directory / "Dockerfile").write_text(dockerfile)
+    return directory

@@ -1,0 +1,70 @@
+"""Bad input on the command line: one line on stderr, a non-zero exit, no traceback, no Docker needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main
+from lab.errors import ExitCode
+
+
+def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--replicas", "0"], "replicas must be between 1 and 64, not 0"),
+        (["up", "--replicas", "-2"], "replicas must be between 1 and 64, not -2"),
+        (["up", "--replicas", "abc"], "replicas must be a whole number"),
+        (["up", "--replicas", "65"], "replicas must be between 1 and 64, not 65"),
+        (["up", "--port", "http"], "port must be a whole number"),
+        (["up", "--port", "0"], "port must be between 1 and 65535"),
+        (["up", "--port", "70000"], "port must be between 1 and 65535"),
+        (["up", "--bind", "localhost:80"], "bind address must be an IP address"),
+        (["up", "--site", "/no/such/dir"], "site directory '/no/such/dir' does not exist"),
+        (["up", "--name", "Bad_Name"], "lab name must be"),
+        (["up", "--no-such-flag"], "No such option"),
+        (["render", "--replicas", "0"], "replicas must be between"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = lab(*args)
+    assert result.returncode == ExitCode.USAGE
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_site_without_index_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "--site", str(tmp_path)]) == ExitCode.USAGE
+    assert "has no index.html" in capsys.readouterr().err
+
+
+def test_no_engine_is_a_one_line_error_with_its_own_exit_code() -> None:
+    result = lab("status", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == ExitCode.NO_ENGINE
+    assert "no Docker engine answers" in result.stderr
+    assert "Traceback" not in result.stderr
+    down = lab("down", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert down.returncode == ExitCode.NO_ENGINE
+
+
+def test_render_prints_the_config_up_would_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "--replicas", "2", "--name", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "server demo-web-1:80" in out and "server demo-web-2:80" in out
+    assert "demo-web-3" not in out
