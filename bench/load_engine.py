@@ -1,0 +1,161 @@
+"""How fast is lab.traffic next to wrk? Both against the same nginx on 127.0.0.1.
+
+A throwaway nginx (Debian's, config in a temp dir) balances over three loopback `server`
+blocks that answer like the lab's replicas (X-Served-By, X-Upstream-Addr). wrk runs for S
+seconds; run_load then sends the same number of requests over the same C connections.
+Everything is bounded: wrk by -d, run_load by that count and 3xS seconds, nginx is stopped.
+
+    python bench/load_engine.py [--concurrency 16] [--seconds 5] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab.traffic import run_load  # noqa: E402 (after the path fix, to run from a checkout)
+
+CONFIG = """\
+# Throwaway nginx for bench/load_engine.py: one balancer and three fake replicas, loopback only.
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+  upstream replicas {{
+    zone replicas 64k;
+{servers}
+    keepalive 16;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      add_header X-Upstream-Addr $upstream_addr always;
+    }}
+  }}
+{replicas}
+}}
+"""
+REPLICA = """\
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ add_header X-Served-By r{n} always; return 200 "hello from r{n}\\n"; }}
+  }}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(tool: str, package: str) -> str:
+    """The path of `tool`, installing its Debian package first if it is missing."""
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
+    if path:
+        return path
+    print(f"{tool} not found: apt-get install -y {package}", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", package], check=True, env=env, timeout=600)
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
+    if not path:
+        raise SystemExit(f"{tool} still missing after installing {package}")
+    return path
+
+
+def wait_for_port(port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nginx did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def run_wrk(wrk: str, port: int, concurrency: int, seconds: int) -> tuple[int, float]:
+    """(requests done, requests per second) as wrk reports them."""
+    cmd = [wrk, "-t2", f"-c{concurrency}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    done = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
+    if not done or not rate:
+        raise SystemExit(f"could not read wrk's output:\n{out}")
+    if errors:
+        print(f"wrk saw errors: {errors.group(0)}")
+    return int(done.group(1)), float(rate.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1, help="nginx worker processes")
+    args = parser.parse_args()
+    nginx, wrk = need("nginx", "nginx-light"), need("wrk", "wrk")
+
+    with tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp:
+        os.chmod(tmp, 0o755)  # nginx's workers drop root and must still reach their temp dirs
+        (Path(tmp) / "tmp").mkdir()
+        port, backends = free_port(), [free_port() for _ in range(3)]
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(
+            CONFIG.format(
+                workers=args.workers,
+                dir=tmp,
+                port=port,
+                servers="\n".join(f"    server 127.0.0.1:{p};" for p in backends),
+                replicas="".join(REPLICA.format(port=p, n=n) for n, p in enumerate(backends, 1)),
+            )
+        )
+        server = subprocess.Popen([nginx, "-c", str(conf), "-p", tmp], stderr=subprocess.PIPE)
+        try:
+            wait_for_port(port)
+            run_load("127.0.0.1", port, requests=2000, duration=10, concurrency=args.concurrency)
+            done, wrk_rps = run_wrk(wrk, port, args.concurrency, args.seconds)
+            tally = run_load(
+                "127.0.0.1",
+                port,
+                requests=done,
+                duration=3 * args.seconds,
+                concurrency=args.concurrency,
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+    lat = tally.latency
+    print(f"nginx workers {args.workers}, {args.concurrency} connections, {os.cpu_count()} cores")
+    print(f"wrk -t2:   {done} requests, {wrk_rps:10.0f} req/s")
+    print(f"run_load:  {tally.sent} requests, {tally.throughput_rps:10.0f} req/s", end=" ")
+    print(f"({tally.errors} errors, by replica {dict(sorted(tally.by_replica.items()))})")
+    print(
+        f"           latency p50 {lat.percentile(50) * 1e3:.3f} ms, "
+        f"p99 {lat.percentile(99) * 1e3:.3f} ms, max {lat.max * 1e3:.3f} ms"
+    )
+    print(f"ratio run_load / wrk: {tally.throughput_rps / wrk_rps:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

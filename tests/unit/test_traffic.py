@@ -1,0 +1,236 @@
+"""The load engine against a tiny keep-alive HTTP/1.1 server running in a thread of the test."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lab.traffic import Tally, build_requests, loopback_address, run_load
+
+NAMES = ("r1", "r2", "r3")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers as replica r1, r2, r3 in turn; `server.mode` picks how it misbehaves."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else head and body writes meet delayed ACKs: 40 ms a request
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        server = self.server
+        mode = server.mode  # type: ignore[attr-defined]
+        with server.lock:  # type: ignore[attr-defined]
+            n = next(server.counter)  # type: ignore[attr-defined]
+        if mode == "sticky":
+            client = self.headers.get("X-Client-Id", "")
+            name = NAMES[int(client[1:]) % len(NAMES)]
+        else:
+            name = NAMES[n % len(NAMES)]
+        body = f"hello from {name}\n".encode()
+        if mode == "drop":
+            self.close_connection = True  # say nothing, just hang up
+            return
+        if mode == "reset":
+            # Linger 0 turns the close into a TCP RST.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if mode == "slow":
+            time.sleep(0.01)
+        if mode == "hang":
+            time.sleep(1.0)
+        status = 503 if mode == "503" else 200
+        self.send_response(status)
+        self.send_header("X-Served-By", name)
+        self.send_header("X-Upstream-Addr", f"10.0.0.{NAMES.index(name) + 1}:80")
+        if mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:5], body[5:], b""):
+                self.wfile.write(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"")
+            return
+        if mode == "until_close":
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
+        if mode == "close_every_3" and n % 3 == 2:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve(mode: str = "ok") -> Iterator[int]:
+    """A server on 127.0.0.1 (random port) in a daemon thread; yields its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.mode = mode  # type: ignore[attr-defined]
+    server.counter = itertools.count()  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_adds_up(t: Tally) -> None:
+    assert t.sent == t.ok + t.errors
+    assert sum(t.by_replica.values()) == t.ok
+    assert sum(t.errors_by_cause.values()) == t.errors
+    assert sum(t.by_status.values()) == t.latency.count
+
+
+def test_counts_add_up_exactly() -> None:
+    with serve() as port:
+        t = run_load("127.0.0.1", port, requests=300, duration=None, concurrency=4)
+    assert_adds_up(t)
+    assert (t.sent, t.ok, t.errors) == (300, 300, 0)
+    assert t.by_replica == {"r1": 100, "r2": 100, "r3": 100}
+    assert t.by_status == {200: 300}
+    assert t.upstream_addrs == {f"r{i}": {f"10.0.0.{i}:80"} for i in (1, 2, 3)}
+    assert t.latency.count == 300 and t.throughput_rps > 0
+
+
+@pytest.mark.parametrize("mode", ["chunked", "until_close", "close_every_3"])
+def test_bodies_and_connection_close(mode: str) -> None:
+    with serve(mode) as port:
+        t = run_load("127.0.0.1", port, requests=60, duration=None, concurrency=3)
+    assert_adds_up(t)
+    assert t.ok == 60 and t.errors == 0
+    assert t.by_replica == {"r1": 20, "r2": 20, "r3": 20}
+
+
+def test_bounded_by_duration() -> None:
+    with serve("slow") as port:
+        start = time.monotonic()
+        t = run_load("127.0.0.1", port, requests=None, duration=0.5, concurrency=2)
+        took = time.monotonic() - start
+    assert_adds_up(t)
+    assert 0.5 <= took < 1.5
+    assert 10 < t.ok < 200  # two connections at ~10 ms a request for half a second
+
+
+def test_requests_still_open_at_the_end_are_timeouts() -> None:
+    with serve("hang") as port:
+        start = time.monotonic()
+        t = run_load("127.0.0.1", port, requests=None, duration=0.2, concurrency=2, timeout=0.3)
+        took = time.monotonic() - start
+    assert_adds_up(t)
+    assert took < 0.2 + 0.3 + 0.3
+    assert t.ok == 0 and t.errors_by_cause == {"timeout": 2}
+
+
+def test_per_client_tallies() -> None:
+    with serve("sticky") as port:
+        t = run_load("127.0.0.1", port, requests=50, duration=None, concurrency=4, clients=5)
+    assert_adds_up(t)
+    assert t.per_client == {f"c{i}": {NAMES[i % 3]: 10} for i in range(5)}
+
+
+def test_client_identity_headers() -> None:
+    requests = build_requests("127.0.0.1", 8080, "/x", clients=2)
+    assert len(requests) == 2
+    assert b"X-Client-Id: c1\r\n" in requests[1] and b"Cookie: lab_client=c1\r\n" in requests[1]
+    assert requests[0].startswith(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
+    assert requests[0].endswith(b"\r\n\r\n")
+    assert b"X-Client-Id" not in build_requests("127.0.0.1", 80, "/", clients=0)[0]
+
+
+def test_5xx_are_errors() -> None:
+    with serve("503") as port:
+        t = run_load("127.0.0.1", port, requests=30, duration=None, concurrency=2)
+    assert_adds_up(t)
+    assert t.errors_by_cause == {"http_5xx": 30} and t.by_status == {503: 30}
+    assert t.by_replica == {}
+
+
+@pytest.mark.parametrize("mode", ["drop", "reset"])
+def test_abrupt_close_is_reset_and_load_goes_on(mode: str) -> None:
+    with serve(mode) as port:
+        t = run_load("127.0.0.1", port, requests=20, duration=5, concurrency=2)
+    assert_adds_up(t)
+    assert t.errors_by_cause == {"reset": 20}
+
+
+def test_refused() -> None:
+    t = run_load("127.0.0.1", free_port(), requests=10, duration=5, concurrency=2)
+    assert_adds_up(t)
+    assert t.errors_by_cause == {"refused": 10}
+
+
+def test_progress_is_reported() -> None:
+    seen: list[int] = []
+    with serve() as port:
+        t = run_load("127.0.0.1", port, requests=50, duration=None, concurrency=2, on_progress=seen.append)
+    assert seen and seen[-1] == t.sent == 50
+    assert seen == sorted(seen)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "192.168.1.1", "example.com", "0.0.0.0", "::2"])
+def test_refuses_hosts_other_than_loopback(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_load(host, 80, requests=1, duration=None, concurrency=1)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"])
+def test_accepts_loopback(host: str) -> None:
+    assert loopback_address(host)[1] in {"127.0.0.1", "127.1.2.3", "::1"}
+
+
+def test_needs_a_bound() -> None:
+    with pytest.raises(ValueError, match="bounded"):
+        run_load("127.0.0.1", 80, requests=None, duration=None, concurrency=1)
+
+
+def test_memory_stays_flat_in_the_number_of_requests() -> None:
+    def peak(requests: int) -> int:
+        tracemalloc.start()
+        try:
+            run_load("127.0.0.1", port, requests=requests, duration=30, concurrency=4, clients=10)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with serve() as port:
+        small, large = peak(300), peak(3000)
+    assert large - small < 100_000  # ten times the requests, no more than ~100 kB extra
+
+
+def test_merge_is_exact() -> None:
+    with serve("sticky") as port:
+        a = run_load("127.0.0.1", port, requests=30, duration=None, concurrency=2, clients=3)
+        b = run_load("127.0.0.1", port, requests=60, duration=None, concurrency=3, clients=3)
+    total = Tally()
+    total.merge(a)
+    total.merge(b)
+    assert_adds_up(total)
+    assert total.sent == 90 and total.latency.count == 90
+    assert total.per_client == {f"c{i}": {NAMES[i]: 30} for i in range(3)}
+    assert total.by_replica == {name: 30 for name in NAMES}
