@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
@@ -25,11 +26,13 @@ from lab.spec import (
     LabSpec,
 )
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 # Values are taken as text and validated by LabSpec, so every bad value gets the same one-line error.
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True, help="Name of the lab.")
 
 
-def spec_options(func):  # type: ignore[no-untyped-def]
+def spec_options(func: F) -> F:
     """The options that describe a lab's shape, shared by `up` and `render`."""
     options = [
         name_option,

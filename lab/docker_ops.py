@@ -10,6 +10,7 @@ import re
 import tarfile
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from docker.models.networks import Network
 from lab.errors import BuildFailed, EngineUnavailable, LabError
 
 LineFn = Callable[[str], None]
+PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ class Engine:
             raise BuildFailed(f"building {tag} failed: {exc.explanation or exc}", detail=_tail(log)) from exc
         return image_id or self.client.images.get(tag).id
 
+    def image_id(self, ref: str) -> str:
+        try:
+            return str(self.client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            raise LabError(f"image {ref} is missing; `lab images` builds the base images") from None
+
     def image_exists(self, ref: str) -> bool:
         try:
             self.client.images.get(ref)
@@ -185,6 +193,21 @@ class Engine:
         output = result.output.decode(errors="replace") if result.output else ""
         return int(result.exit_code), output
 
+    def wait_for_log(self, container: Container, marker: str) -> bool:
+        """Follow the container's output until `marker` appears (True) or the container ends (False).
+
+        Following a stream costs the engine nothing while waiting, unlike polling `logs`.
+        """
+        seen = ""
+        try:
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                seen = (seen + chunk.decode(errors="replace"))[-4096:]
+                if marker in seen:
+                    return True
+        except Exception:  # noqa: BLE001 - removed mid-stream or timed out: either way it did not get ready
+            return False
+        return marker in seen
+
     def logs(self, container: Container, tail: int = 40) -> str:
         try:
             return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
@@ -196,14 +219,24 @@ class Engine:
 
     # Cleanup ----------------------------------------------------------------------------
     def remove_containers(self, containers: Iterable[Container]) -> int:
-        removed = 0
-        for container in containers:
+        """Force-remove containers, several at a time (the engine works on them in parallel)."""
+
+        def remove(container: Container) -> int:
             try:
                 container.remove(force=True, v=True)
-                removed += 1
             except docker.errors.NotFound:
-                pass
-        return removed
+                return 0
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # removal already in progress
+                    return 0
+                raise
+            return 1
+
+        targets = list(containers)
+        if not targets:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(targets))) as pool:
+            return sum(pool.map(remove, targets))
 
     def remove_networks(self, networks: Iterable[Network]) -> int:
         removed = 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import signal
 import socket
@@ -18,20 +17,22 @@ import requests
 from docker.models.containers import Container
 
 from lab import labels
-from lab.docker_ops import ContainerRequest, Engine, build_fraction
+from lab.docker_ops import ContainerRequest, Engine
 from lab.errors import InvalidInput, LabError, NotReady
-from lab.images import BaseImages, ensure_base_images
+from lab.images import ensure_base_images
 from lab.render import nginx_view, render_nginx_conf
-from lab.spec import DEFAULT_SITE, LabSpec, probe_host
+from lab.site import ensure_site_image
+from lab.spec import LabSpec, probe_host
 
 ProgressFn = Callable[[str, float | None], None]
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 HTTPD_READY = "resuming normal operations"  # httpd logs this once it listens
-# What each process needs once every capability is dropped: bind :80 as root, then switch to an
-# unprivileged user, signal its workers, and (nginx) chown its temp directories.
-HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "KILL")
-NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE")
+# What each process needs once every capability is dropped: bind port 80 (engines that keep
+# ports below 1024 privileged), switch to an unprivileged user, and for nginx, hand its temp
+# directories to that user (the official image creates them at start).
+HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
+NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
 START_WORKERS = 16
 
 
@@ -85,18 +86,19 @@ def up(engine: Engine, spec: LabSpec, progress: ProgressFn = _quiet, *, timeout:
     _refuse_if_present(engine, spec)
     _refuse_if_port_taken(spec.bind, spec.port)
     base = ensure_base_images(engine.client, progress=progress)
-    version = site_version(spec.site)
-    build_site_image(engine, spec, base, version, progress)
+    image, version = ensure_site_image(engine, spec.site, base.httpd, progress)
+    config = render_nginx_conf(nginx_view(spec))
     with rollback_on_failure(engine, spec.name):
         _create_networks(engine, spec)
-        config = render_nginx_conf(nginx_view(spec))
-        with ThreadPoolExecutor(max_workers=1) as checker:
-            # The config test needs no replica running, so it runs while the replicas start.
-            check = checker.submit(check_nginx_config, engine, spec, base.nginx, config)
-            replicas = _start_replicas(engine, spec, version, progress)
-            check.result()
-        _wait_replicas_listening(engine, replicas, progress, deadline=time.monotonic() + timeout)
-        lb = _start_load_balancer(engine, spec, base.nginx, config, progress)
+        with ThreadPoolExecutor(max_workers=1) as side:
+            # Testing the config and creating the load balancer need no replica, so they
+            # happen while the replicas start.
+            prepared = side.submit(_prepare_load_balancer, engine, spec, base.nginx, config)
+            start_containers(
+                engine, [replica_request(spec, i, image, version) for i in spec.indices()], progress
+            )
+            lb = prepared.result()
+        _start_load_balancer(engine, spec, lb, progress)
         wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
     answered = "ok (answered through the load balancer)"
     return status(engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]})
@@ -126,55 +128,6 @@ def _refuse_if_port_taken(bind: str, port: int) -> None:
             raise InvalidInput(f"port {port} on {bind} {reason}; choose another with --port") from None
 
 
-def site_version(site: Path) -> str:
-    """A short content hash of the site directory: it changes exactly when the site does."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in site.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(site)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def site_dockerfile(site: Path) -> Path:
-    """A site may bring its own Dockerfile; otherwise the bundled one is used."""
-    own = site / "Dockerfile"
-    return own if own.is_file() else DEFAULT_SITE / "Dockerfile"
-
-
-def build_site_image(
-    engine: Engine,
-    spec: LabSpec,
-    base: BaseImages,
-    version: str,
-    progress: ProgressFn,
-    tag: str | None = None,
-) -> str:
-    """Build the site image from `spec.site` on top of the httpd base image."""
-    tag = tag or spec.site_image
-    progress(f"building site image {tag}", 0.0)
-
-    def on_line(line: str) -> None:
-        fraction = build_fraction(line)
-        if fraction is not None:
-            progress(f"building site image {tag}: {line.split(':', 1)[0].strip()}", fraction)
-
-    image_id = engine.build_image(
-        spec.site,
-        tag,
-        dockerfile=site_dockerfile(spec.site),
-        buildargs={"HTTPD_IMAGE": base.httpd, "SITE_VERSION": version},
-        labels={
-            **labels.for_lab(spec.name, labels.ROLE_SITE_IMAGE),
-            "org.opencontainers.image.title": f"{spec.name} site",
-            "org.opencontainers.image.description": "Static site served by the lab's httpd replicas",
-            "org.opencontainers.image.version": version,
-            "org.opencontainers.image.base.name": base.httpd,
-        },
-        on_line=on_line,
-    )
-    progress(f"built site image {tag}", 1.0)
-    return image_id
-
-
 def _create_networks(engine: Engine, spec: LabSpec) -> None:
     # Replicas live on an internal network: no route out, nothing published.
     engine.create_network(
@@ -197,63 +150,49 @@ def replica_request(spec: LabSpec, index: int, image: str, version: str) -> Cont
     )
 
 
-def _start_replicas(engine: Engine, spec: LabSpec, version: str, progress: ProgressFn) -> list[Container]:
-    """Create and start every replica in parallel; the Docker engine does the real work."""
-    return start_containers(
-        engine,
-        [replica_request(spec, i, spec.site_image, version) for i in range(1, spec.replicas + 1)],
-        progress,
-    )
+class _Cancelled(Exception):
+    """A worker noticed that `up` is being rolled back."""
 
 
-def start_containers(
-    engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn
-) -> list[Container]:
+def start_containers(engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn) -> list[Container]:
+    """Create and start containers in parallel; return once each has logged that it listens.
+
+    If anything fails or the user interrupts, workers stop creating and remove what they
+    create late, so the caller's rollback (a removal by label) misses nothing.
+    """
+    cancelled = threading.Event()
     done = 0
     lock = threading.Lock()
 
-    def create_and_start(req: ContainerRequest) -> Container:
+    def create_start_wait(req: ContainerRequest) -> Container:
         nonlocal done
+        if cancelled.is_set():
+            raise _Cancelled
         container = engine.create_container(req)
+        if cancelled.is_set():
+            engine.remove_containers([container])
+            raise _Cancelled
         engine.start(container)
+        if not engine.wait_for_log(container, HTTPD_READY) and probe_http(engine, container) != "ok":
+            if cancelled.is_set():
+                raise _Cancelled
+            raise NotReady(f"replica {req.name} exited while starting", detail=engine.logs(container))
         with lock:
             done += 1
-            progress(f"started {done}/{len(requests_)} replicas", done / len(requests_))
+            progress(f"{done}/{len(requests_)} replicas listening", done / len(requests_))
         return container
 
     progress(f"starting {len(requests_)} replicas", 0.0)
     pool = ThreadPoolExecutor(max_workers=min(START_WORKERS, len(requests_)))
+    futures = [pool.submit(create_start_wait, req) for req in requests_]
     try:
-        futures = [pool.submit(create_and_start, req) for req in requests_]
         return [future.result() for future in futures]
+    except BaseException:
+        cancelled.set()
+        raise
     finally:
-        # On Ctrl-C or an error: let running creates finish (so rollback sees them), drop the rest.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _wait_replicas_listening(
-    engine: Engine, replicas: list[Container], progress: ProgressFn, *, deadline: float
-) -> None:
-    waiting = list(replicas)
-    total = len(replicas)
-    while waiting:
-        for container in list(waiting):
-            container.reload()
-            if container.status in ("exited", "dead"):
-                raise NotReady(
-                    f"replica {container.name} exited while starting", detail=engine.logs(container)
-                )
-            if HTTPD_READY in engine.logs(container, tail=20):
-                waiting.remove(container)
-        progress(f"{total - len(waiting)}/{total} replicas listening", (total - len(waiting)) / total)
-        if waiting and time.monotonic() > deadline:
-            first = waiting[0]
-            raise NotReady(
-                f"{len(waiting)} replica(s) did not start listening in time, e.g. {first.name}",
-                detail=engine.logs(first),
-            )
-        if waiting:
-            time.sleep(0.05)
+        # Don't wait: a worker blocked on a log stream ends once the rollback removes its container.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: str) -> None:
@@ -286,10 +225,9 @@ def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: 
         engine.remove_containers([container])
 
 
-def _start_load_balancer(
-    engine: Engine, spec: LabSpec, image: str, config: str, progress: ProgressFn
-) -> Container:
-    progress("starting the load balancer", None)
+def _prepare_load_balancer(engine: Engine, spec: LabSpec, image: str, config: str) -> Container:
+    """Test the config, then create (not start) the load balancer on both networks with it."""
+    check_nginx_config(engine, spec, image, config)
     req = ContainerRequest(
         name=spec.lb_name,
         hostname=spec.lb_name,
@@ -303,6 +241,11 @@ def _start_load_balancer(
     container = engine.create_container(req)
     engine.attach(spec.backend_network, container)
     engine.put_file(container, NGINX_CONF, config)
+    return container
+
+
+def _start_load_balancer(engine: Engine, spec: LabSpec, container: Container, progress: ProgressFn) -> None:
+    progress("starting the load balancer", None)
     try:
         engine.start(container)
     except LabError as exc:
@@ -311,7 +254,6 @@ def _start_load_balancer(
                 f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
             ) from exc
         raise
-    return container
 
 
 def spec_label(spec: LabSpec) -> str:

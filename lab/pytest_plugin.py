@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -121,11 +121,13 @@ def lab_cluster(lab_engine: Engine, request: pytest.FixtureRequest) -> Iterator[
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     names = item.stash.get(_LABS_KEY, [])
     engine = item.config.stash.get(_ENGINE_KEY, None)
-    if report.failed and names and engine is not None and call.when == "call":
+    if report.failed and names and engine is not None and call.when in ("setup", "call"):
         for name in names:
             report.sections.append((f"lab {name}: nginx.conf", nginx_conf(engine, name)))
             for container, text in container_logs(engine, name).items():

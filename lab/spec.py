@@ -67,8 +67,11 @@ class LabSpec:
         """The container (and host) name of replica `index`, counted from 1."""
         return f"{self.name}-web-{index}"
 
+    def indices(self) -> range:
+        return range(1, self.replicas + 1)
+
     def replica_names(self) -> list[str]:
-        return [self.replica_name(i) for i in range(1, self.replicas + 1)]
+        return [self.replica_name(i) for i in self.indices()]
 
     @property
     def lb_name(self) -> str:
@@ -81,10 +84,6 @@ class LabSpec:
     @property
     def frontend_network(self) -> str:
         return f"{self.name}-frontend"
-
-    @property
-    def site_image(self) -> str:
-        return f"lab/{self.name}-site:latest"
 
     @property
     def url(self) -> str:
