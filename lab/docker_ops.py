@@ -165,7 +165,8 @@ class Engine:
         self.client.networks.get(network).connect(container, aliases=aliases)
 
     def containers(self, filters: dict[str, list[str]]) -> list[Container]:
-        return self.client.containers.list(all=True, filters=filters)
+        # ignore_removed: a container removed between listing and inspecting is simply gone.
+        return self.client.containers.list(all=True, filters=filters, ignore_removed=True)
 
     def put_file(self, container: Container, path: str, content: str, mode: int = 0o644) -> None:
         """Write one text file into a container (created or running), without a bind mount."""

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import requests
 from docker.models.containers import Container
@@ -27,6 +26,7 @@ from lab.spec import LabSpec, probe_host
 ProgressFn = Callable[[str, float | None], None]
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
+SPEC_FILE = "/etc/nginx/lab-spec.json"
 HTTPD_READY = "resuming normal operations"  # httpd logs this once it listens
 # What each process needs once every capability is dropped: bind port 80 (engines that keep
 # ports below 1024 privileged), switch to an unprivileged user, and for nginx, hand its temp
@@ -241,6 +241,7 @@ def _prepare_load_balancer(engine: Engine, spec: LabSpec, image: str, config: st
     container = engine.create_container(req)
     engine.attach(spec.backend_network, container)
     engine.put_file(container, NGINX_CONF, config)
+    engine.put_file(container, SPEC_FILE, spec_label(spec))
     return container
 
 
@@ -257,31 +258,16 @@ def _start_load_balancer(engine: Engine, spec: LabSpec, container: Container, pr
 
 
 def spec_label(spec: LabSpec) -> str:
-    """The spec as JSON, kept on the load balancer so later commands know what was asked for."""
-    return json.dumps(
-        {
-            "replicas": spec.replicas,
-            "port": spec.port,
-            "bind": spec.bind,
-            "site": str(spec.site),
-            "algorithm": spec.algorithm,
-            "weights": list(spec.weights),
-        },
-        sort_keys=True,
-    )
+    """The spec as JSON: a label on the load balancer (as created) and a file in it (as now)."""
+    return json.dumps(spec.as_dict(), sort_keys=True)
 
 
-def spec_from_label(name: str, text: str) -> LabSpec:
-    data = json.loads(text)
-    return LabSpec(
-        name=name,
-        replicas=int(data["replicas"]),
-        port=int(data["port"]),
-        bind=str(data["bind"]),
-        site=Path(data["site"]),
-        algorithm=str(data.get("algorithm", "round_robin")),
-        weights=tuple(int(w) for w in data.get("weights", [])),
-    )
+def current_spec(engine: Engine, lb: Container) -> LabSpec:
+    """The spec the load balancer serves now: its spec file, else the label it was created with."""
+    try:
+        return LabSpec.from_dict(json.loads(engine.read_file(lb, SPEC_FILE)))
+    except Exception:  # noqa: BLE001 - no file (or a stopped container): the creation label still tells
+        return LabSpec.from_dict(json.loads(lb.labels[labels.SPEC]))
 
 
 def wait_served_by_all(
@@ -370,7 +356,7 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
         (c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB),
         key=lambda c: int(c.labels.get(labels.REPLICA, "0")),
     )
-    spec = spec_from_label(name, lb_container.labels[labels.SPEC]) if lb_container else None
+    spec = current_spec(engine, lb_container) if lb_container else None
     members = ([lb_container] if lb_container else []) + web
     checks = known if known is not None else _probe_all(engine, members)
     return LabStatus(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -38,29 +39,51 @@ class NginxView:
     zone_size: str = "64k"
     max_fails: int = 1
     fail_timeout: str = "10s"
+    generation: str = ""  # a hash of everything above; the load balancer sends it as X-Lab-Config
 
 
-_METHOD_DIRECTIVES = {
-    "round_robin": ("", "round robin, nginx's default: no directive needed"),
-    "least_conn": ("least_conn;", "least connections: the replica with the fewest active requests"),
-    "ip_hash": ("ip_hash;", "client IP hash: one client address always lands on one replica"),
-    "random": ("random;", "random: each request goes to a replica drawn at random"),
-    "random_two": ("random two least_conn;", "power of two choices: of two random replicas, the less busy"),
+_METHOD_COMMENTS = {
+    "round_robin": "round robin, nginx's default: no directive needed",
+    "least_conn": "least connections: the replica with the fewest active requests",
+    "ip_hash": "client IP hash: one client address always lands on one replica",
+    "hash": "hash of a key: one key always lands on one replica",
+    "random": "random: each request goes to a replica drawn at random",
+    "random_two": "power of two choices: of two random replicas, the less busy",
 }
+
+
+def method_directive(spec: LabSpec) -> str:
+    """The upstream directive that selects `spec.algorithm` ("" for round robin)."""
+    if spec.algorithm == "round_robin":
+        return ""
+    if spec.algorithm == "hash":
+        return f"hash {spec.hash_key}{' consistent' if spec.consistent else ''};"
+    if spec.algorithm == "random_two":
+        return "random two least_conn;"
+    return f"{spec.algorithm};"
 
 
 def nginx_view(spec: LabSpec, replica_hosts: list[str] | None = None) -> NginxView:
     """Decide what the config for `spec` says; `replica_hosts` defaults to all of the spec's replicas."""
     hosts = replica_hosts if replica_hosts is not None else spec.replica_names()
     weights = spec.weights or (1,) * len(hosts)
-    directive, comment = _METHOD_DIRECTIVES.get(spec.algorithm, ("", ""))
+    comment = _METHOD_COMMENTS[spec.algorithm]
+    if spec.algorithm == "hash":
+        comment += f" (key {spec.hash_key}{', consistent hashing' if spec.consistent else ''})"
     backends = tuple(
-        Backend(index=i, host=host, port=BACKEND_PORT, weight=weight)
+        Backend(index=i, host=host, port=BACKEND_PORT, weight=weight, backup=spec.backup == i)
         for i, (host, weight) in enumerate(zip(hosts, weights, strict=True), start=1)
     )
-    return NginxView(
-        lab=spec.name, upstream=UPSTREAM_NAME, method=directive, method_comment=comment, backends=backends
+    view = NginxView(
+        lab=spec.name,
+        upstream=UPSTREAM_NAME,
+        method=method_directive(spec),
+        method_comment=comment,
+        backends=backends,
+        max_fails=spec.max_fails,
+        fail_timeout=f"{spec.fail_timeout}s",
     )
+    return replace(view, generation=hashlib.sha256(repr(view).encode()).hexdigest()[:12])
 
 
 def _environment(template_dir: Path) -> jinja2.Environment:

@@ -19,6 +19,12 @@ DEFAULT_PORT = 8080
 DEFAULT_BIND = "127.0.0.1"
 MAX_REPLICAS = 64
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "random_two")
+DEFAULT_HASH_KEY = "$http_x_client_id"
+# nginx refuses a backup server with these methods.
+NO_BACKUP_METHODS = ("ip_hash", "hash", "random", "random_two")
+# A hash key is nginx variables and plain characters only: nothing that could end the directive
+# (';', '{', '}'), quote, comment ('#') or break the line.
+_HASH_KEY_PATTERN = re.compile(r"(?:\$[A-Za-z_][A-Za-z0-9_]*|[A-Za-z0-9_.:/-])+")
 
 # Docker allows more, but the name ends up in container names, DNS names and nginx configs.
 _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -35,6 +41,11 @@ class LabSpec:
     site: Path = DEFAULT_SITE
     algorithm: str = "round_robin"
     weights: tuple[int, ...] = field(default=())
+    hash_key: str = DEFAULT_HASH_KEY
+    consistent: bool = True
+    backup: int | None = None  # replica index (from 1) used only when all others are down
+    max_fails: int = 1
+    fail_timeout: int = 10  # seconds
 
     @classmethod
     def create(
@@ -47,20 +58,70 @@ class LabSpec:
         site: object = DEFAULT_SITE,
         algorithm: object = "round_robin",
         weights: object = (),
+        hash_key: object = DEFAULT_HASH_KEY,
+        consistent: object = True,
+        backup: object = None,
+        max_fails: object = 1,
+        fail_timeout: object = 10,
         check_site: bool = True,
     ) -> LabSpec:
         """Validate raw values (from a command line or a test) into a spec, or raise InvalidInput."""
         n = parse_replicas(replicas)
-        spec = cls(
+        method = parse_algorithm(algorithm)
+        return cls(
             name=parse_name(name),
             replicas=n,
             port=parse_port(port),
             bind=parse_bind(bind),
             site=parse_site(site) if check_site else Path(str(site)),
-            algorithm=parse_algorithm(algorithm),
+            algorithm=method,
             weights=parse_weights(weights, n),
+            hash_key=parse_hash_key(hash_key),
+            consistent=bool(consistent),
+            backup=parse_backup(backup, n, method),
+            max_fails=_in_range(max_fails, "max-fails", 0, 100),
+            fail_timeout=_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
         )
-        return spec
+
+    def with_changes(self, **changes: object) -> LabSpec:
+        """A validated copy with some values changed (the site is not checked again)."""
+        values: dict[str, object] = {
+            "name": self.name,
+            "replicas": self.replicas,
+            "port": self.port,
+            "bind": self.bind,
+            "site": self.site,
+            "algorithm": self.algorithm,
+            "weights": self.weights,
+            "hash_key": self.hash_key,
+            "consistent": self.consistent,
+            "backup": self.backup,
+            "max_fails": self.max_fails,
+            "fail_timeout": self.fail_timeout,
+        }
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return LabSpec.create(**values, check_site=False)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values, for JSON and for `from_dict`."""
+        return {
+            "name": self.name,
+            "replicas": self.replicas,
+            "port": self.port,
+            "bind": self.bind,
+            "site": str(self.site),
+            "algorithm": self.algorithm,
+            "weights": list(self.weights),
+            "hash_key": self.hash_key,
+            "consistent": self.consistent,
+            "backup": self.backup,
+            "max_fails": self.max_fails,
+            "fail_timeout": self.fail_timeout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LabSpec:
+        return cls.create(**{k: v for k, v in data.items() if k in _FIELDS}, check_site=False)
 
     # Names of the resources this lab is made of.
     def replica_name(self, index: int) -> str:
@@ -90,6 +151,9 @@ class LabSpec:
         return f"http://{probe_host(self.bind)}:{self.port}/"
 
 
+_FIELDS = frozenset(LabSpec.__dataclass_fields__)
+
+
 def probe_host(bind: str) -> str:
     """The address the host uses to reach a load balancer bound to `bind` (always loopback)."""
     address = ipaddress.ip_address(bind)
@@ -107,6 +171,36 @@ def _as_int(value: object, what: str) -> int:
     if not re.fullmatch(r"[+-]?\d+", text):
         raise InvalidInput(f"{what} must be a whole number, not {str(value)!r}")
     return int(text)
+
+
+def _in_range(value: object, what: str, low: int, high: int) -> int:
+    n = _as_int(value, what)
+    if not low <= n <= high:
+        raise InvalidInput(f"{what} must be between {low} and {high}, not {n}")
+    return n
+
+
+def parse_hash_key(value: object) -> str:
+    text = str(value)
+    if not (0 < len(text) <= 128 and _HASH_KEY_PATTERN.fullmatch(text)):
+        raise InvalidInput(
+            f"hash key {text!r} is not allowed: use nginx variables and letters, digits or _.:/- only "
+            "(e.g. $request_uri or $http_x_client_id)"
+        )
+    return text
+
+
+def parse_backup(value: object, replicas: int, method: str) -> int | None:
+    if value is None or value == "":
+        return None
+    index = _as_int(value, "backup replica")
+    if method in NO_BACKUP_METHODS:
+        raise InvalidInput(f"nginx allows no backup replica with {method}")
+    if replicas < 2:
+        raise InvalidInput("a backup replica needs at least one other replica")
+    if not 1 <= index <= replicas:
+        raise InvalidInput(f"backup replica must be one of 1..{replicas}, not {index}")
+    return index
 
 
 def parse_replicas(value: object) -> int:
