@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -13,10 +14,11 @@ import click
 from lab import lab as orchestrator
 from lab import ui
 from lab.docker_ops import Engine
-from lab.errors import ExitCode, Interrupted, LabError
+from lab.errors import ExitCode, InvalidInput, LabError
 from lab.images import ensure_base_images
 from lab.render import nginx_view, render_nginx_conf
 from lab.spec import (
+    ALGORITHMS,
     DEFAULT_BIND,
     DEFAULT_NAME,
     DEFAULT_PORT,
@@ -32,32 +34,39 @@ F = TypeVar("F", bound=Callable[..., Any])
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True, help="Name of the lab.")
 
 
-def spec_options(func: F) -> F:
-    """The options that describe a lab's shape, shared by `up` and `render`."""
-    options = [
-        name_option,
-        click.option(
-            "--replicas",
-            default=str(DEFAULT_REPLICAS),
-            show_default=True,
-            help=f"Number of httpd replicas (1-{MAX_REPLICAS}).",
-        ),
-        click.option(
-            "--port", default=str(DEFAULT_PORT), show_default=True, help="Port the load balancer publishes."
-        ),
-        click.option(
-            "--bind", default=DEFAULT_BIND, show_default=True, help="Address the published port is bound to."
-        ),
-        click.option(
-            "--site",
-            default=str(DEFAULT_SITE),
-            show_default="the bundled site/",
-            help="Directory with the static site (must hold index.html).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+spec_options = _options(
+    name_option,
+    click.option("--replicas", default=str(DEFAULT_REPLICAS), show_default=True,
+                 help=f"Number of httpd replicas (1-{MAX_REPLICAS})."),
+    click.option("--port", default=str(DEFAULT_PORT), show_default=True, help="Port the load balancer publishes."),
+    click.option("--bind", default=DEFAULT_BIND, show_default=True, help="Address the published port is bound to."),
+    click.option("--site", default=str(DEFAULT_SITE), show_default="the bundled site/",
+                 help="Directory with the static site (must hold index.html)."),
+)  # fmt: skip
+
+# Unset options keep what the lab has (configure) or the defaults (up, render).
+balance_options = _options(
+    click.option("--algorithm", default=None, help=f"Balancing method: {', '.join(ALGORITHMS)}."),
+    click.option("--weights", default=None, help="One weight per replica, e.g. 3,1,1."),
+    click.option("--hash-key", default=None, help="Key for --algorithm hash, e.g. $request_uri or $http_x_client_id."),
+    click.option("--consistent/--no-consistent", default=None, help="Consistent (ketama) hashing for hash."),
+    click.option("--backup", default=None, help="Replica number used only when all others are down."),
+    click.option("--max-fails", default=None, help="Failed attempts before a replica is taken out (0: never)."),
+    click.option("--fail-timeout", default=None, help="Seconds a failed replica stays out."),
+)  # fmt: skip
+
+
+def _balance(**values: object) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,10 +77,11 @@ def cli() -> None:
 
 @cli.command()
 @spec_options
+@balance_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def up(name: str, replicas: str, port: str, bind: str, site: str, quiet: bool) -> None:
+def up(name: str, replicas: str, port: str, bind: str, site: str, quiet: bool, **balance: object) -> None:
     """Build the site image and start the replicas and the load balancer."""
-    spec = LabSpec.create(name=name, replicas=replicas, port=port, bind=bind, site=site)
+    spec = LabSpec.create(name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance))
     engine = Engine.connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
         lab_status = orchestrator.up(engine, spec, progress)
@@ -109,10 +119,134 @@ def status(name: str, as_json: bool) -> None:
 
 @cli.command()
 @spec_options
-def render(name: str, replicas: str, port: str, bind: str, site: str) -> None:
+@balance_options
+def render(name: str, replicas: str, port: str, bind: str, site: str, **balance: object) -> None:
     """Print the nginx config that `lab up` would use."""
-    spec = LabSpec.create(name=name, replicas=replicas, port=port, bind=bind, site=site, check_site=False)
+    spec = LabSpec.create(
+        name=name, replicas=replicas, port=port, bind=bind, site=site, check_site=False, **_balance(**balance)
+    )
     sys.stdout.write(render_nginx_conf(nginx_view(spec)))
+
+
+@cli.command()
+@name_option
+@balance_options
+def configure(name: str, **balance: object) -> None:
+    """Change the balancing of a running lab: render, `nginx -t`, then a graceful reload."""
+    from lab.live import configure as apply
+
+    changes = _balance(**balance)
+    if not changes:
+        raise InvalidInput("nothing to change: give --algorithm, --weights, --hash-key, ...")
+    spec = apply(Engine.connect(), name, **changes)
+    weights = f" weights {','.join(map(str, spec.weights))}" if spec.weights else ""
+    ui.out.print(f"lab {name} now balances with {spec.algorithm}{weights} (reloaded gracefully)")
+
+
+load_options = _options(
+    click.option("--requests", "-n", "requests_", default=None, help="Number of requests (default 1000)."),
+    click.option("--duration", "-d", default=None, help="Send for this many seconds instead (bounded)."),
+    click.option("--concurrency", "-c", default="8", show_default=True, help="Concurrent keep-alive connections."),
+    click.option("--clients", "-k", default="0", show_default=True,
+                 help="Synthetic client identities (X-Client-Id and a cookie), for hash methods."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
+    click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here."),
+)  # fmt: skip
+
+
+@cli.command()
+@click.option("--name", default=None, help=f"Lab to verify (default {DEFAULT_NAME}).")
+@click.option("--url", default=None, help="Verify any load balancer on 127.0.0.1 whose replicas send X-Served-By.")
+@click.option("--algorithm", default="round_robin", show_default=True, help="With --url: the method it uses.")
+@click.option("--weights", default=None, help="With --url: expected weights, one per replica.")
+@load_options
+def verify(
+    name: str | None,
+    url: str | None,
+    algorithm: str,
+    weights: str | None,
+    requests_: str | None,
+    duration: str | None,
+    concurrency: str,
+    clients: str,
+    as_json: bool,
+    report: str | None,
+) -> None:
+    """Send bounded load through the load balancer and judge how it spreads over the replicas."""
+    from lab import verify as verifier
+
+    plan = verifier.LoadPlan.create(requests=requests_, duration=duration, concurrency=concurrency, clients=clients)
+    if url and name:
+        raise InvalidInput("give --name or --url, not both")
+    engine: Engine | None = None
+    if url:
+        target = verifier.url_target(url, algorithm, weights or ())
+    else:
+        engine = Engine.connect()
+        target = verifier.lab_target(engine, name or DEFAULT_NAME)
+    with ui.progress_bar("verify", enabled=not as_json) as progress:
+        result = verifier.verify(target, plan, engine=engine, progress=progress)
+    if report:
+        from lab import report as reports
+
+        reports.write_report(Path(report), reports.render_verify_report(result))
+    if as_json:
+        ui.print_json(result.as_json())
+    else:
+        ui.out.print(ui.verify_table(result))
+        ui.out.print(ui.verify_summary(result))
+        if report:
+            ui.out.print(f"report: {report}")
+    raise click.exceptions.Exit(ui.verdict_exit_code(result.verdict))
+
+
+@cli.command()
+@name_option
+@click.option("--algorithms", default="round_robin,least_conn,random,hash", show_default=True,
+              help="Methods to compare, comma-separated.")
+@load_options
+def compare(
+    name: str,
+    algorithms: str,
+    requests_: str | None,
+    duration: str | None,
+    concurrency: str,
+    clients: str,
+    as_json: bool,
+    report: str | None,
+) -> None:  # fmt: skip
+    """Verify several balancing methods on the same lab, reconfiguring it live in between."""
+    from lab import live
+    from lab import verify as verifier
+    from lab.spec import parse_algorithm
+
+    methods = [parse_algorithm(a) for a in algorithms.split(",") if a.strip()]
+    if not methods:
+        raise InvalidInput("give at least one method with --algorithms")
+    plan = verifier.LoadPlan.create(requests=requests_, duration=duration, concurrency=concurrency, clients=clients)
+    engine = Engine.connect()
+    original = live.find_running(engine, name).spec
+    results = []
+    try:
+        with ui.progress_bar("compare", enabled=not as_json) as progress:
+            for method in methods:
+                progress(f"switching to {method}", None)
+                live.configure(engine, name, algorithm=method)
+                results.append(verifier.verify(verifier.lab_target(engine, name), plan, engine=engine, progress=progress))
+    finally:
+        live.configure(engine, name, algorithm=original.algorithm)
+    if report:
+        from lab import report as reports
+
+        reports.write_report(Path(report), reports.render_compare_report(results))
+    if as_json:
+        ui.print_json([r.as_json() for r in results])
+    else:
+        ui.out.print(ui.compare_table(results))
+        if report:
+            ui.out.print(f"report: {report}")
+    worst = max(results, key=lambda r: ui.verdict_exit_code(r.verdict))
+    raise click.exceptions.Exit(ui.verdict_exit_code(worst.verdict))
 
 
 @cli.command()
@@ -134,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status instead of raising SystemExit."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="lab", standalone_mode=False)
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="lab", standalone_mode=False)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.Abort:
@@ -146,13 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         ui.error("interrupted; what had been started was removed again")
         return ExitCode.INTERRUPTED
-    except Interrupted as exc:
-        ui.error(exc.message, exc.detail)
-        return exc.exit_code
     except LabError as exc:
         ui.error(exc.message, exc.detail)
         return exc.exit_code
-    return ExitCode.OK
+    return code if isinstance(code, int) else ExitCode.OK
 
 
 def entry() -> None:

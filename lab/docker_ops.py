@@ -9,7 +9,7 @@ import io
 import re
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +208,17 @@ class Engine:
         except Exception:  # noqa: BLE001 - removed mid-stream or timed out: either way it did not get ready
             return False
         return marker in seen
+
+    def log_lines(self, container: Container, since: float) -> Iterator[str]:
+        """The container's output lines since a UNIX time, streamed (a long log is never held whole)."""
+        pending = b""
+        for chunk in container.logs(stream=True, follow=False, since=since, stdout=True, stderr=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
 
     def logs(self, container: Container, tail: int = 40) -> str:
         try:

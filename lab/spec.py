@@ -251,14 +251,20 @@ def parse_algorithm(value: object) -> str:
     return text
 
 
-def parse_weights(value: object, replicas: int) -> tuple[int, ...]:
+def parse_weight_list(value: object) -> tuple[int, ...]:
     """Weights come as '3,1,1' or a sequence; empty means equal weights."""
     if value is None or value == "" or value == ():
         return ()
     items: Sequence[object] = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     weights = tuple(_as_int(item, "each weight") for item in items)
-    if len(weights) != replicas:
-        raise InvalidInput(f"got {len(weights)} weights for {replicas} replicas; give one weight per replica")
     if any(not 1 <= w <= 1000 for w in weights):
         raise InvalidInput("weights must be whole numbers between 1 and 1000")
+    return weights
+
+
+def parse_weights(value: object, replicas: int) -> tuple[int, ...]:
+    """One weight per replica, or none (equal weights)."""
+    weights = parse_weight_list(value)
+    if weights and len(weights) != replicas:
+        raise InvalidInput(f"got {len(weights)} weights for {replicas} replicas; give one weight per replica")
     return weights

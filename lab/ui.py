@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lab.errors import ExitCode
 from lab.lab import LabStatus, MemberStatus, ProgressFn
+from lab.results import VerifyResult
 
 out = Console()
 err = Console(stderr=True)
@@ -84,4 +86,103 @@ def status_table(lab: LabStatus) -> Table:
             m.image,
             m.site_version or "-",
         )
+    return table
+
+
+# lab verify / compare ------------------------------------------------------------------------
+_VERDICT_STYLE = {"balanced": "bold green", "skewed": "bold yellow", "failed": "bold red"}
+_BAR_WIDTH = 30
+
+
+def verdict_exit_code(verdict: str) -> int:
+    return {"balanced": ExitCode.OK, "skewed": ExitCode.SKEWED}.get(verdict, ExitCode.FAILED)
+
+
+def _bar(share: float, expected: float, scale: float) -> str:
+    """A text bar of the observed share with a `|` where the expected share ends."""
+    filled = round(share / scale * _BAR_WIDTH) if scale else 0
+    mark = round(expected / scale * _BAR_WIDTH) if scale else 0
+    cells = ["█" if i < filled else " " for i in range(_BAR_WIDTH + 1)]
+    if 0 <= mark <= _BAR_WIDTH:
+        cells[mark] = "[bold magenta]|[/]" if cells[mark] == " " else "[magenta]▌[/]"
+    return "".join(cells)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def verify_table(result: VerifyResult) -> Table:
+    weights = f" weights {','.join(map(str, result.weights))}" if result.weights else ""
+    title = f"{result.lab or result.url}: {result.method}{weights}, {result.requests:,} requests"
+    table = Table(title=title, title_justify="left")
+    for column, justify in [("replica", "left"), ("count", "right"), ("share", "right"), ("expected", "right"),
+                            ("", "left"), ("p50 ms", "right"), ("p95 ms", "right"), ("p99 ms", "right"),
+                            ("5xx", "right"), ("access log", "right")]:  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    scale = max([r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()])
+    for r in result.replicas.values():
+        logged = "-" if r.access_log_count is None else f"{r.access_log_count:,}"
+        if r.access_log_count is not None and r.access_log_count != r.count:
+            logged = f"[red]{logged}[/]"
+        lat = r.latency_ms
+        table.add_row(
+            r.name, f"{r.count:,}", f"{r.share:.1%}", f"{r.expected_share:.1%}", _bar(r.share, r.expected_share, scale),
+            _ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None),
+            str(r.errors), logged,
+        )  # fmt: skip
+    return table
+
+
+def _test_line(test: dict[str, object]) -> str:
+    name = test.get("test", "")
+    if name == "chi_square":
+        return (f"Pearson chi-square: statistic {test['statistic']:.2f}, {test['dof']} dof, "
+                f"p = {test['p_value']:.3g} (alpha {test['alpha']})")  # fmt: skip
+    if name == "within_bound":
+        return f"deterministic: every count within ±{test['bound']} of its exact share"
+    if name == "stickiness":
+        line = f"stickiness: {test['sticky_clients']}/{test['clients']} clients always on one replica"
+        if "p_value" in test:
+            line += f"; spread over replicas p = {test['p_value']:.3g}"
+        return line
+    if name == "relative_deviation":
+        return f"tolerance: every share within its bound (worst {test['max_relative_deviation']:.1%})"
+    return str(name or "no test")
+
+
+def verify_summary(result: VerifyResult) -> str:
+    style = _VERDICT_STYLE.get(result.verdict, "bold")
+    lat = result.latency_ms
+    causes = ", ".join(f"{k} {v}" for k, v in result.errors_by_cause.items()) or "none"
+    lines = [
+        f"[{style}]{result.verdict.upper()}[/]: {result.reason}",
+        f"test: {_test_line(result.test)}",
+        f"largest deviation from the expected share: {result.max_deviation:.1%}",
+        f"{result.ok:,} ok, {result.errors:,} errors ({causes}), {result.retried:,} retried on a fresh connection; "
+        f"{result.throughput_rps:,.0f} req/s over {result.duration_s:.1f} s with {result.concurrency} connections",
+    ]
+    if lat:
+        lines.append(f"latency: p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms, max {lat.max:.1f} ms")
+    check = result.access_log
+    if check.checked:
+        lines.append(
+            f"access log: {check.log_total:,} requests logged, "
+            + ("the same per replica as counted here" if check.matches else f"[red]differs: {check.note}[/]")
+        )
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def compare_table(results: list[VerifyResult]) -> Table:
+    table = Table(title="balancing methods compared on the same lab", title_justify="left")
+    for column in ("method", "verdict", "test", "largest deviation", "req/s", "p95 ms", "errors", "shares"):
+        table.add_column(column)
+    for r in results:
+        style = _VERDICT_STYLE.get(r.verdict, "")
+        shares = " ".join(f"{x.share:.0%}" for x in r.replicas.values())
+        table.add_row(
+            r.method, f"[{style}]{r.verdict}[/]", _test_line(r.test), f"{r.max_deviation:.1%}",
+            f"{r.throughput_rps:,.0f}", _ms(r.latency_ms.p95 if r.latency_ms else None), str(r.errors), shares,
+        )  # fmt: skip
     return table

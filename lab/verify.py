@@ -1,0 +1,306 @@
+"""`lab verify`: send bounded load through the load balancer, tally who answered, and judge it.
+
+Pure judging lives in `stats`; the load engine in `traffic`; this module connects them to a
+lab (its spec, its replicas and its load balancer's access log) and builds a `VerifyResult`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from lab import stats, traffic
+from lab.docker_ops import Engine
+from lab.errors import InvalidInput
+from lab.live import find_running
+from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
+from lab.spec import parse_algorithm, parse_weight_list
+
+ProgressFn = Callable[[str, float | None], None]
+MAX_REQUESTS = 10_000_000
+MAX_DURATION = 3600.0
+MAX_CONCURRENCY = 1024
+MAX_CLIENTS = 100_000
+DEFAULT_REQUESTS = 1000
+DEFAULT_HASH_CLIENTS = 60
+NGINX_WORKERS = 2  # worker_processes auto on this machine's 2 cores; only matters without a zone
+RUN_HEADER = "X-Lab-Run"
+
+_LOG_LINE = re.compile(r'" (?P<status>\d{3}) .*? upstream=(?P<upstream>.*?) upstream_status=.*run="(?P<run>[^"]*)"')
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How much load to send: validated, always bounded."""
+
+    requests: int | None
+    duration: float | None
+    concurrency: int
+    clients: int
+
+    @classmethod
+    def create(cls, *, requests: object, duration: object, concurrency: object, clients: object) -> LoadPlan:
+        n = _bounded_int(requests, "requests", 1, MAX_REQUESTS) if requests is not None else None
+        seconds = _bounded_float(duration, "duration", MAX_DURATION) if duration is not None else None
+        if n is None and seconds is None:
+            n = DEFAULT_REQUESTS
+        return cls(
+            requests=n,
+            duration=seconds,
+            concurrency=_bounded_int(concurrency, "concurrency", 1, MAX_CONCURRENCY),
+            clients=_bounded_int(clients, "clients", 0, MAX_CLIENTS),
+        )
+
+
+def _bounded_int(value: object, what: str, low: int, high: int) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise InvalidInput(f"{what} must be a whole number, not {value!r}") from None
+    if not low <= n <= high:
+        raise InvalidInput(f"{what} must be between {low} and {high:,}, not {n}")
+    return n
+
+
+def _bounded_float(value: object, what: str, high: float) -> float:
+    try:
+        x = float(str(value))
+    except ValueError:
+        raise InvalidInput(f"{what} must be a number of seconds, not {value!r}") from None
+    if not 0 < x <= high:
+        raise InvalidInput(f"{what} must be more than 0 and at most {high:.0f} seconds, not {x:g}")
+    return x
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is verified: where to send traffic and what to expect there."""
+
+    lab: str
+    url: str
+    method: str
+    weights: tuple[int, ...]
+    backup: int | None  # 1-based replica index
+    replicas: list[str] | None  # None: discovered from the answers (--url)
+    hash_key: str = ""
+
+
+def lab_target(engine: Engine, name: str) -> Target:
+    lab = find_running(engine, name)
+    spec = lab.spec
+    if not lab.replicas:
+        raise InvalidInput(f"lab {name!r} has no running replica")
+    return Target(
+        lab=name,
+        url=spec.url,
+        method=spec.algorithm,
+        weights=spec.weights,
+        backup=spec.backup,
+        replicas=lab.replicas,
+        hash_key=spec.hash_key,
+    )
+
+
+def url_target(url: str, method: object = "round_robin", weights: object = ()) -> Target:
+    """Any load balancer whose replicas send X-Served-By; it must listen on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise InvalidInput(f"--url must be http://127.0.0.1:PORT/... (loopback only), not {url!r}")
+    # The replica count is known only once they answer; verify() checks the weights against it.
+    return Target(
+        lab="", url=url, method=parse_algorithm(method), weights=parse_weight_list(weights), backup=None, replicas=None
+    )
+
+
+def verify(
+    target: Target,
+    plan: LoadPlan,
+    *,
+    engine: Engine | None = None,
+    progress: ProgressFn | None = None,
+    alpha: float = stats.DEFAULT_ALPHA,
+) -> VerifyResult:
+    """Run the load, tally it, cross-check the access log (labs only) and judge the spread."""
+    notes: list[str] = []
+    clients = plan.clients
+    if target.method == "hash" and clients == 0:
+        clients = DEFAULT_HASH_CLIENTS
+        notes.append(f"hash balancing is judged per client: sent {clients} client identities (use --clients)")
+    if target.method == "ip_hash":
+        notes.append(
+            "ip_hash keys on the client address, and every request from this host reaches nginx from one "
+            "address (the Docker gateway): one client, so all traffic lands on one replica by design"
+        )
+    parts = urlsplit(target.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    run_id = uuid.uuid4().hex[:16]
+    started = time.time()
+    total = plan.requests
+
+    def on_progress(done: int) -> None:
+        if progress is None:
+            return
+        if total:
+            progress(f"verify: {done:,}/{total:,} requests", done / total)
+        elif plan.duration:
+            progress(f"verify: {done:,} requests", min(1.0, (time.time() - started) / plan.duration))
+
+    tally = traffic.run_load(
+        host,
+        port,
+        path=parts.path or "/",
+        requests=plan.requests,
+        duration=plan.duration,
+        concurrency=plan.concurrency,
+        clients=clients,
+        headers={RUN_HEADER: run_id},
+        on_progress=on_progress,
+    )
+    replicas = target.replicas if target.replicas is not None else sorted(tally.by_replica)
+    if not replicas:
+        replicas = ["(none answered)"]
+    weights = list(target.weights) or [1] * len(replicas)
+    if len(weights) != len(replicas):
+        raise InvalidInput(f"got {len(weights)} weights but {len(replicas)} replicas answered")
+    backup = target.backup - 1 if target.backup else None
+    per_client = tally.per_client
+    if target.method == "ip_hash":
+        per_client = {"this host": dict(tally.by_replica)}
+    judgement = stats.judge(
+        target.method,
+        replicas,
+        tally.by_replica,
+        errors=tally.errors,
+        weights=weights,
+        backup=backup,
+        per_client=per_client,
+        concurrency=plan.concurrency,
+        workers=NGINX_WORKERS,
+        shared_state=True,
+        retries=tally.upstream_retries,
+        alpha=alpha,
+    )
+    shares = _expected(target.method, replicas, weights, backup, per_client)
+    log_check = (
+        cross_check_access_log(engine, target.lab, run_id, started, tally)
+        if engine is not None and target.lab
+        else AccessLogCheck(False, True, tally.ok, 0, {}, "not checked: no access to the load balancer's log")
+    )
+    if not log_check.matches:
+        notes.append(f"the access log disagrees with the verifier: {log_check.note}")
+    observed = [tally.by_replica.get(r, 0) for r in replicas]
+    return VerifyResult(
+        lab=target.lab,
+        url=target.url,
+        method=target.method,
+        weights=list(target.weights),
+        requests=tally.sent,
+        ok=tally.ok,
+        errors=tally.errors,
+        errors_by_cause={k: v for k, v in tally.errors_by_cause.items() if v},
+        replicas={
+            name: ReplicaResult(
+                name=name,
+                count=tally.by_replica.get(name, 0),
+                share=tally.by_replica.get(name, 0) / tally.ok if tally.ok else 0.0,
+                expected_share=share,
+                statuses=dict(tally.status_by_replica.get(name, {})),
+                errors=sum(n for code, n in tally.status_by_replica.get(name, {}).items() if code >= 500),
+                latency_ms=_latency(tally.latency_by_replica.get(name)),
+                access_log_count=log_check_count(log_check, name, tally),
+            )
+            for name, share in zip(replicas, shares, strict=True)
+        },
+        test=dict(judgement.test),
+        max_deviation=stats.max_relative_deviation(observed, shares) if tally.ok else 0.0,
+        latency_ms=_latency(tally.latency),
+        latency_histogram=[
+            HistogramBar(b.low * 1000, b.high * 1000, b.count) for b in tally.latency.buckets()
+        ],
+        throughput_rps=tally.throughput_rps,
+        duration_s=tally.elapsed,
+        concurrency=plan.concurrency,
+        clients=clients,
+        verdict=judgement.verdict if log_check.matches or judgement.verdict == "failed" else "failed",
+        reason=judgement.reason if log_check.matches else f"{judgement.reason}; {log_check.note}",
+        access_log=log_check,
+        retried=tally.retried,
+        notes=notes,
+    )
+
+
+def _expected(
+    method: str, replicas: list[str], weights: list[int], backup: int | None, per_client: dict[str, dict[str, int]]
+) -> list[float]:
+    if method == "ip_hash":
+        # One client address: whichever replica it hashes to gets everything.
+        busiest = max(replicas, key=lambda r: sum(c.get(r, 0) for c in per_client.values()))
+        return [1.0 if r == busiest else 0.0 for r in replicas]
+    return stats.expected_shares(method, len(replicas), weights, backup)
+
+
+def _latency(histogram: stats.LatencyHistogram | None) -> Latency | None:
+    if histogram is None or histogram.count == 0:
+        return None
+    return Latency(
+        p50=histogram.percentile(50) * 1000,
+        p95=histogram.percentile(95) * 1000,
+        p99=histogram.percentile(99) * 1000,
+        max=histogram.max * 1000,
+        mean=histogram.mean * 1000,
+    )
+
+
+# Access log cross-check ----------------------------------------------------------------------
+def parse_access_log(lines: Iterable[str], run_id: str) -> dict[str, int]:
+    """Count this run's successful requests per final upstream address (the last one tried)."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        if run_id not in line:
+            continue
+        match = _LOG_LINE.search(line)
+        if not match or match.group("run") != run_id or int(match.group("status")) >= 500:
+            continue
+        final = match.group("upstream").split(",")[-1].strip()
+        counts[final] = counts.get(final, 0) + 1
+    return counts
+
+
+def access_log_by_replica(by_address: dict[str, int], tally: traffic.Tally) -> dict[str, int]:
+    """Turn per-address counts into per-replica counts with the addresses the answers named."""
+    owner = {addr.split(",")[-1].strip(): replica for replica, addrs in tally.upstream_addrs.items() for addr in addrs}
+    by_replica: dict[str, int] = {}
+    for address, n in by_address.items():
+        name = owner.get(address, f"unknown address {address}")
+        by_replica[name] = by_replica.get(name, 0) + n
+    return by_replica
+
+
+def cross_check_access_log(
+    engine: Engine, lab: str, run_id: str, started: float, tally: traffic.Tally, *, wait: float = 3.0
+) -> AccessLogCheck:
+    """Compare the verifier's per-replica counts with what nginx logged for the same run."""
+    lb = find_running(engine, lab).lb
+    deadline = time.monotonic() + wait
+    while True:
+        # The engine copies container output to its log asynchronously: give it a moment.
+        by_replica = access_log_by_replica(parse_access_log(engine.log_lines(lb, since=started - 1), run_id), tally)
+        if sum(by_replica.values()) >= tally.ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    names = set(by_replica) | {r for r, n in tally.by_replica.items() if n}
+    differences = {n: by_replica.get(n, 0) - tally.by_replica.get(n, 0) for n in sorted(names)}
+    differences = {n: d for n, d in differences.items() if d}
+    log_total = sum(by_replica.values())
+    note = "" if not differences else ", ".join(f"{n}: log {d:+d}" for n, d in differences.items())
+    return AccessLogCheck(True, not differences, tally.ok, log_total, differences, note)
+
+
+def log_check_count(check: AccessLogCheck, replica: str, tally: traffic.Tally) -> int | None:
+    if not check.checked:
+        return None
+    return tally.by_replica.get(replica, 0) + check.differences.get(replica, 0)
