@@ -53,3 +53,25 @@ def test_a_missing_template_variable_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "nginx.conf.j2").write_text("upstream {{ view.upstream }} { {{ view.no_such_thing }} }")
     with pytest.raises(jinja2.UndefinedError):
         render_nginx_conf(nginx_view(LabSpec.create()), template_dir=tmp_path)
+
+
+def test_hash_renders_its_key_and_consistency() -> None:
+    spec = LabSpec.create(algorithm="hash", hash_key="$request_uri")
+    assert "hash $request_uri consistent;" in render_nginx_conf(nginx_view(spec))
+    plain = LabSpec.create(algorithm="hash", hash_key="$http_x_client_id", consistent=False)
+    assert "hash $http_x_client_id;" in render_nginx_conf(nginx_view(plain))
+
+
+def test_backup_and_passive_health_settings_reach_the_server_lines() -> None:
+    spec = LabSpec.create(replicas=3, backup=3, max_fails=2, fail_timeout=5)
+    rendered = render_nginx_conf(nginx_view(spec))
+    assert "server lab-web-3:80 max_fails=2 fail_timeout=5s backup;" in rendered
+    assert "server lab-web-1:80 max_fails=2 fail_timeout=5s;" in rendered
+    assert "used only when all others are down" in rendered
+
+
+def test_generation_changes_exactly_when_the_config_does() -> None:
+    one = nginx_view(LabSpec.create(replicas=3))
+    assert one.generation == nginx_view(LabSpec.create(replicas=3)).generation
+    assert one.generation != nginx_view(LabSpec.create(replicas=3, algorithm="random")).generation
+    assert f"add_header X-Lab-Config {one.generation} always;" in render_nginx_conf(one)

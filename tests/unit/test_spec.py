@@ -95,3 +95,34 @@ def test_unknown_algorithm_lists_the_known_ones() -> None:
     with pytest.raises(InvalidInput, match="round_robin, least_conn"):
         LabSpec.create(algorithm="fastest")
     assert LabSpec.create(algorithm="least-conn").algorithm == "least_conn"
+
+
+@pytest.mark.parametrize(
+    "key", ["$uri; return 500", "$uri}", "$uri{", '"$uri"', "$uri #", "$uri\nreturn", "", "a" * 129, "${uri}"]
+)
+def test_hash_keys_that_could_break_out_of_the_directive_are_refused(key: str) -> None:
+    with pytest.raises(InvalidInput, match="hash key"):
+        LabSpec.create(algorithm="hash", hash_key=key)
+
+
+@pytest.mark.parametrize("key", ["$request_uri", "$http_x_client_id", "$cookie_lab_client", "$remote_addr:$uri"])
+def test_ordinary_hash_keys_are_accepted(key: str) -> None:
+    assert LabSpec.create(algorithm="hash", hash_key=key).hash_key == key
+
+
+def test_backup_must_be_a_replica_and_allowed_by_the_method() -> None:
+    assert LabSpec.create(replicas=3, backup="2").backup == 2
+    with pytest.raises(InvalidInput, match="one of 1..3"):
+        LabSpec.create(replicas=3, backup=4)
+    with pytest.raises(InvalidInput, match="no backup replica with hash"):
+        LabSpec.create(replicas=3, backup=1, algorithm="hash")
+    with pytest.raises(InvalidInput, match="at least one other"):
+        LabSpec.create(replicas=1, backup=1)
+
+
+def test_specs_round_trip_through_plain_values_and_changes_are_validated() -> None:
+    spec = LabSpec.create(replicas=3, weights="3,1,1", algorithm="least_conn")
+    assert LabSpec.from_dict(spec.as_dict()) == spec
+    assert spec.with_changes(algorithm="random").algorithm == "random"
+    with pytest.raises(InvalidInput, match="2 weights for 3"):
+        spec.with_changes(weights="1,1")
