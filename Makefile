@@ -7,12 +7,13 @@ LAB ?= $(PYTHON) -m lab
 
 setup:
 	bash scripts/ensure-docker.sh
+	bash scripts/ensure-tools.sh
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(LAB) images
 
 demo: setup
 	$(LAB) status >/dev/null 2>&1 || $(LAB) up
-	$(LAB) status
+	$(LAB) verify --requests 3000 --report reports/verify.html
 
 test: setup
 	$(PYTHON) -m pytest
@@ -26,6 +27,7 @@ lint:
 
 bench: setup
 	$(PYTHON) bench/up.py
+	$(PYTHON) bench/verify.py
 
 down:
 	$(LAB) down
