@@ -11,6 +11,8 @@ import jinja2
 from lab.spec import PROJECT_DIR, LabSpec
 
 NGINX_TEMPLATE_DIR = PROJECT_DIR / "nginx"
+# Package data next to this module, so the report templates are found in editable installs too.
+HTML_TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 UPSTREAM_NAME = "replicas"
 BACKEND_PORT = 80
 
@@ -100,3 +102,15 @@ def _environment(template_dir: Path) -> jinja2.Environment:
 def render_nginx_conf(view: NginxView, template_dir: Path = NGINX_TEMPLATE_DIR) -> str:
     """The full /etc/nginx/nginx.conf for `view`."""
     return _environment(template_dir).get_template("nginx.conf.j2").render(view=view)
+
+
+def render_html(template_name: str, **context: object) -> str:
+    """Render an HTML template from lab/templates/, escaping every value (lab names, notes)."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HTML_TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=True,
+    )
+    return environment.get_template(template_name).render(**context)

@@ -1,0 +1,928 @@
+"""The HTML report of `lab verify` and `lab compare`: results in, finished view models out (pure).
+
+Every decision lives here: geometry of the charts (bars, ticks, labels, in SVG user units),
+colours per verdict, number formats and the sentences that explain the test. The templates in
+lab/templates/ only loop and place; `lab.render.render_html` turns view models into HTML.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.render import render_html
+from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
+
+INK = "#1f2328"  # text
+MUTED = "#57606a"
+GRID = "#d8dee4"
+AXIS = "#8c959f"
+BAR = "#2f6db5"
+BAR_FLAGGED = "#c2410c"  # a replica with errors, or traffic where none (or none where some) was due
+EXPECTED = INK
+HISTOGRAM = "#4a78b8"
+PERCENTILE_COLOURS = {"p50": "#1a7f37", "p95": "#9a5b00", "p99": "#b3261e"}
+
+# verdict -> (label, background, text colour); every pair has a contrast ratio of at least 4.5
+VERDICT_STYLES = {
+    "balanced": ("Balanced", "#1a7f37", "#ffffff"),
+    "skewed": ("Skewed", "#f0b429", INK),
+    "failed": ("Failed", "#c62828", "#ffffff"),
+}
+_UNKNOWN_VERDICT = ("Unknown", MUTED, "#ffffff")
+
+METHOD_LABELS = {
+    "round_robin": "round robin",
+    "least_conn": "least connections",
+    "ip_hash": "IP hash",
+    "hash": "hash",
+    "random": "random",
+    "random_two": "random two (power of two choices)",
+}
+
+MAX_VERTICAL_BARS = 16  # more replicas than this get one horizontal bar per row
+_CHAR_WIDTH = 0.6  # average glyph width of a sans-serif font, in font sizes
+_MAX_LABEL_CHARS = 28
+
+
+# ---------------------------------------------------------------------------------------------
+# Chart primitives: what the template's SVG macro draws, in user units of the chart's viewBox
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: float
+    y: float
+    width: float
+    height: float
+    fill: str
+    title: str = ""  # a tooltip, and what a screen reader says for the bar
+
+
+@dataclass(frozen=True)
+class Line:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    stroke: str = AXIS
+    width: float = 1.0
+    dash: str = ""
+
+
+@dataclass(frozen=True)
+class Text:
+    x: float
+    y: float
+    text: str
+    anchor: str = "middle"  # start | middle | end
+    size: float = 14.0
+    fill: str = INK
+    bold: bool = False
+    transform: str = ""
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One SVG: grid lines under bars, marks over them, then legend shapes and text."""
+
+    id: str
+    title: str
+    desc: str
+    width: float
+    height: float
+    plot: Rect  # the area the data lives in; every bar stays inside it
+    grid: list[Line] = field(default_factory=list)
+    bars: list[Rect] = field(default_factory=list)
+    marks: list[Line] = field(default_factory=list)
+    shapes: list[Rect] = field(default_factory=list)
+    texts: list[Text] = field(default_factory=list)
+    orientation: str = "vertical"
+
+
+# ---------------------------------------------------------------------------------------------
+# Page view models
+
+
+@dataclass(frozen=True)
+class Badge:
+    label: str
+    background: str
+    colour: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class KeyNumber:
+    label: str
+    value: str
+    unit: str = ""
+    detail: str = ""
+    alert: bool = False
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    flag: str = ""  # "" | "bad" (a mismatch) | "warn" (worth a look) | "worst" (largest deviation)
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    name: str
+    cells: list[Cell]
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class TestView:
+    facts: list[tuple[str, str]]
+    sentence: str
+
+
+@dataclass(frozen=True)
+class AccessLogView:
+    status: str
+    flag: str  # "good" | "bad" | "off"
+    sentence: str
+    differences: list[tuple[str, str]]
+    note: str
+
+
+@dataclass(frozen=True)
+class VerifyView:
+    title: str
+    lab: str
+    url: str
+    method: str
+    weights: str
+    badge: Badge
+    numbers: list[KeyNumber]
+    share_chart: Chart
+    share_caption: str
+    latency_chart: Chart | None
+    latency_caption: str
+    columns: list[str]
+    rows: list[ReplicaRow]
+    test: TestView
+    access_log: AccessLogView
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class CompareColumn:
+    heading: str
+    lab: str
+    weights: str
+    badge: Badge
+    facts: list[tuple[str, str]]
+    chart: Chart
+
+
+@dataclass(frozen=True)
+class LegendItem:
+    label: str
+    colour: str
+    kind: str  # "swatch" (a bar) | "line" (a marker)
+
+
+@dataclass(frozen=True)
+class CompareView:
+    title: str
+    columns: list[CompareColumn]
+    legend: list[LegendItem]
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def render_verify_report(result: VerifyResult) -> str:
+    """The self-contained HTML page for one `lab verify` run."""
+    return render_html("verify.html.j2", view=verify_view(result))
+
+
+def render_compare_report(results: list[VerifyResult]) -> str:
+    """One page with several runs (usually one per balancing method) side by side."""
+    return render_html("compare.html.j2", view=compare_view(results))
+
+
+def write_report(path: Path, html: str) -> None:
+    """Write `html` to `path`, creating its parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+
+
+def verify_view(result: VerifyResult) -> VerifyView:
+    """Everything the verify page shows, decided."""
+    replicas = list(result.replicas.values())
+    short, prefix = short_names([r.name for r in replicas])
+    caption = f"Bars are labelled without the common prefix “{prefix}”. " if prefix else ""
+    caption += "Hover a bar for its exact numbers."
+    latency_chart = latency_histogram_chart(result.latency_histogram, result.latency_ms)
+    return VerifyView(
+        title=f"lab verify: {result.lab} ({method_label(result.method)}) — {badge(result).label}",
+        lab=result.lab,
+        url=result.url,
+        method=method_label(result.method),
+        weights=weights_label(result.weights),
+        badge=badge(result),
+        numbers=key_numbers(result),
+        share_chart=share_chart(replicas, short, chart_id="shares"),
+        share_caption=caption,
+        latency_chart=latency_chart,
+        latency_caption=latency_caption(result.latency_ms, sum(b.count for b in result.latency_histogram)),
+        columns=list(_TABLE_COLUMNS),
+        rows=replica_rows(result),
+        test=test_view(result),
+        access_log=access_log_view(result.access_log),
+        notes=list(result.notes),
+    )
+
+
+def compare_view(results: list[VerifyResult]) -> CompareView:
+    """One column per run: verdict, throughput, p95, max deviation and a small share chart."""
+    columns = []
+    for i, result in enumerate(results):
+        replicas = list(result.replicas.values())
+        short, _ = short_names([r.name for r in replicas])
+        facts = [
+            ("Throughput", f"{_rate(result.throughput_rps)} req/s"),
+            ("p95 latency", _ms(result.latency_ms.p95) if result.latency_ms else "—"),
+            ("Max deviation", _percent(result.max_deviation)),
+            ("Requests", f"{result.requests:,}"),
+            ("Errors", f"{result.errors:,}"),
+            ("Replicas", str(len(replicas))),
+        ]
+        chart = share_chart(replicas, short, chart_id=f"shares-{i}", width=360, height=200, detailed=False)
+        columns.append(
+            CompareColumn(
+                heading=method_label(result.method),
+                lab=result.lab,
+                weights=weights_label(result.weights),
+                badge=badge(result),
+                facts=facts,
+                chart=chart,
+            )
+        )
+    labs = sorted({r.lab for r in results})
+    legend = [LegendItem("observed share per replica", BAR, "swatch")]
+    if any(bar.fill == BAR_FLAGGED for column in columns for bar in column.chart.bars):
+        legend.append(LegendItem("errors, or share not as due", BAR_FLAGGED, "swatch"))
+    legend.append(LegendItem("expected share", EXPECTED, "line"))
+    return CompareView(title=f"lab compare: {', '.join(labs) or 'no runs'}", columns=columns, legend=legend)
+
+
+# ---------------------------------------------------------------------------------------------
+# Header, key numbers, table
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method.replace("_", " "))
+
+
+def weights_label(weights: Sequence[int]) -> str:
+    if not weights or len(set(weights)) == 1:
+        return "equal weights"
+    return "weights " + ":".join(str(w) for w in weights)
+
+
+def badge(result: VerifyResult) -> Badge:
+    label, background, colour = VERDICT_STYLES.get(result.verdict, _UNKNOWN_VERDICT)
+    return Badge(label=label, background=background, colour=colour, reason=result.reason)
+
+
+def key_numbers(result: VerifyResult) -> list[KeyNumber]:
+    causes = sorted(result.errors_by_cause.items(), key=lambda kv: (-kv[1], kv[0]))
+    error_detail = " · ".join(f"{cause} {count:,}" for cause, count in causes if count)
+    ok_detail = f"{result.ok / result.requests:.1%} of sent" if result.requests else ""
+    return [
+        KeyNumber("Requests sent", f"{result.requests:,}"),
+        KeyNumber("Answered OK", f"{result.ok:,}", detail=ok_detail),
+        KeyNumber("Errors", f"{result.errors:,}", detail=error_detail, alert=result.errors > 0),
+        KeyNumber("Throughput", _rate(result.throughput_rps), "req/s"),
+        KeyNumber("Duration", f"{result.duration_s:.1f}", "s"),
+        KeyNumber("Concurrency", f"{result.concurrency:,}", detail="connections at once"),
+        KeyNumber("Clients", f"{result.clients:,}", detail="client identities"),
+        KeyNumber("Retried", f"{result.retried:,}", detail="after a stale keep-alive"),
+        KeyNumber("Max deviation", _percent(result.max_deviation), detail="from an expected share"),
+    ]
+
+
+_TABLE_COLUMNS = (
+    "Replica",
+    "Requests",
+    "Share",
+    "Expected",
+    "Deviation",
+    "Status codes",
+    "5xx",
+    "p50",
+    "p95",
+    "p99",
+    "Access log",
+)
+
+
+def deviation(replica: ReplicaResult) -> float | None:
+    """(observed - expected) / expected; None for a replica due nothing that got nothing."""
+    if replica.expected_share == 0:
+        return math.inf if replica.count else None
+    return (replica.share - replica.expected_share) / replica.expected_share
+
+
+def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
+    replicas = list(result.replicas.values())
+    deviations = {r.name: deviation(r) for r in replicas}
+    known = {name: abs(d) for name, d in deviations.items() if d is not None}
+    worst = max(known, key=lambda name: known[name]) if known and max(known.values()) > 0 else None
+    rows = []
+    for r in replicas:
+        d = deviations[r.name]
+        dev_flag = ""
+        if r.name == worst:
+            dev_flag = "warn" if result.verdict == "skewed" else "worst"
+        misplaced = _misplaced(r)
+        log_cell = _access_log_cell(r, result.access_log)
+        cells = [
+            Cell(f"{r.count:,}", "bad" if misplaced else ""),
+            Cell(_percent(r.share)),
+            Cell(_percent(r.expected_share)),
+            Cell(_signed_percent(d), dev_flag, "largest deviation" if r.name == worst else ""),
+            Cell(statuses_label(r.statuses)),
+            Cell(f"{r.errors:,}", "bad" if r.errors else ""),
+            *_latency_cells(r.latency_ms),
+            log_cell,
+        ]
+        flagged = misplaced or r.errors > 0 or log_cell.flag == "bad"
+        rows.append(ReplicaRow(name=r.name, cells=cells, flagged=flagged))
+    return rows
+
+
+def _misplaced(r: ReplicaResult) -> bool:
+    """Traffic to a replica due none (a backup), or none to a replica due some."""
+    return (r.count > 0) != (r.expected_share > 0)
+
+
+def statuses_label(statuses: dict[int, int]) -> str:
+    return ", ".join(f"{code}×{count:,}" for code, count in sorted(statuses.items())) or "—"
+
+
+def _latency_cells(latency: Latency | None) -> list[Cell]:
+    if latency is None:
+        return [Cell("—"), Cell("—"), Cell("—")]
+    return [Cell(_ms(latency.p50)), Cell(_ms(latency.p95)), Cell(_ms(latency.p99))]
+
+
+def _access_log_cell(replica: ReplicaResult, check: AccessLogCheck) -> Cell:
+    if replica.access_log_count is None:
+        return Cell("—", hint="not checked")
+    if replica.name not in check.differences:
+        return Cell(f"{replica.access_log_count:,}")
+    difference = _signed_int(check.differences[replica.name])
+    return Cell(f"{replica.access_log_count:,} ({difference})", "bad", "log count minus verifier count")
+
+
+# ---------------------------------------------------------------------------------------------
+# The statistical test and the access-log cross-check, explained
+
+
+def _number(test: dict[str, object], key: str) -> float | None:
+    value = test.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+_TEST_NAMES = {
+    "chi_square": "Pearson's chi-square goodness of fit",
+    "within_bound": "Round-robin bound (every count near its exact share)",
+    "relative_deviation": "Relative deviation within tolerance",
+    "stickiness": "Client stickiness, then chi-square of how clients spread",
+}
+
+# key in VerifyResult.test -> label and format; shown in this order when present
+_TEST_FACTS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("statistic", "Statistic (χ²)", lambda v: "∞" if math.isinf(v) else f"{v:,.2f}"),
+    ("dof", "Degrees of freedom", lambda v: f"{v:.0f}"),
+    ("p_value", "p-value", lambda v: f"{v:.3g}"),
+    ("bound", "Bound", lambda v: f"± {v:.0f} requests"),
+    ("worst_abs_error", "Worst error", lambda v: f"{v:.1f} requests"),
+    ("max_relative_deviation", "Worst deviation", lambda v: _percent(v)),
+    ("clients", "Clients", lambda v: f"{v:,.0f}"),
+    ("sticky_clients", "Stayed on one replica", lambda v: f"{v:,.0f}"),
+    ("alpha", "Alpha (significance level)", lambda v: f"{v:g}"),
+)
+
+
+def test_view(result: VerifyResult) -> TestView:
+    test = result.test
+    name = str(test.get("test") or test.get("name") or "")
+    facts = [("Test", _TEST_NAMES.get(name, name or "none was run"))]
+    facts += [(label, fmt(v)) for key, label, fmt in _TEST_FACTS if (v := _number(test, key)) is not None]
+    if isinstance(test.get("worst_replica"), str):
+        facts.insert(1, ("Worst replica", str(test["worst_replica"])))
+    if isinstance(test.get("passed"), bool):
+        facts.append(("Passed", "yes" if test["passed"] else "no"))
+    return TestView(facts=facts, sentence=test_sentence(name, test, result.reason))
+
+
+def test_sentence(name: str, test: dict[str, object], reason: str) -> str:
+    """One plain sentence, for a student, on what the test asked and what it found."""
+    p, alpha = _number(test, "p_value"), _number(test, "alpha")
+    if name == "chi_square" and p is not None and alpha is not None:
+        verdict = (
+            "so the spread is what a fair balancer plausibly gives"
+            if p >= alpha
+            else "so chance alone is an unlikely explanation and the spread is skewed"
+        )
+        return (
+            "The chi-square test asks how often a perfectly fair balancer would, by pure chance, "
+            f"give counts at least this uneven: here {_chance(p)} of the time, "
+            f"{'at or above' if p >= alpha else 'below'} the {_chance(alpha)} threshold (alpha), {verdict}."
+        )
+    bound, error = _number(test, "bound"), _number(test, "worst_abs_error")
+    if name == "within_bound" and bound is not None and error is not None:
+        worst = test.get("worst_replica", "the worst replica")
+        within = "within" if error <= bound else "more than"
+        return (
+            "Round robin deals requests out in a fixed order, like cards, so every replica must be "
+            f"within {bound:.0f} request{'s' if bound != 1 else ''} of its exact share; "
+            f"{worst} was off by {error:.1f}, {within} that bound."
+        )
+    worst_dev = _number(test, "max_relative_deviation")
+    if name == "relative_deviation" and worst_dev is not None:
+        return (
+            "This method also reacts to how busy each replica is, so its weights are only a target: "
+            "each share must be within about 10% of its expected share (a little more in short runs), "
+            f"and the furthest one was {_percent(worst_dev)} off."
+        )
+    clients, sticky = _number(test, "clients"), _number(test, "sticky_clients")
+    if name == "stickiness" and clients is not None and sticky is not None:
+        spread = (
+            f", and a chi-square test of how clients spread over replicas gave p = {p:.3g} "
+            f"against alpha {alpha:g}"
+            if p is not None and alpha is not None
+            else ""
+        )
+        return (
+            "Hashing must send each client to the same replica every time: "
+            f"{sticky:,.0f} of {clients:,.0f} clients stayed on one replica{spread}."
+        )
+    return f"No statistical test could judge this run: {reason}."
+
+
+def _chance(p: float) -> str:
+    if p == 0:
+        return "0%"
+    if p < 1e-4:
+        return f"{p:.1e}"
+    return f"{p * 100:.3g}%"
+
+
+def access_log_view(check: AccessLogCheck) -> AccessLogView:
+    differences = [(name, _signed_int(diff)) for name, diff in sorted(check.differences.items())]
+    if not check.checked:
+        return AccessLogView(
+            "Not checked", "off", "The load balancer's access log was not read.", [], check.note
+        )
+    if check.matches:
+        sentence = (
+            f"The load balancer's access log agrees with the verifier: {check.log_total:,} requests "
+            f"in the log, {check.verifier_total:,} counted by the verifier, replica by replica."
+        )
+        return AccessLogView("Matches", "good", sentence, differences, check.note)
+    sentence = (
+        f"The access log and the verifier disagree: {check.log_total:,} requests in the log, "
+        f"{check.verifier_total:,} counted by the verifier."
+    )
+    return AccessLogView("Differs", "bad", sentence, differences, check.note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Share chart
+
+
+def short_names(names: Sequence[str]) -> tuple[list[str], str]:
+    """Names without their common prefix (cut after a '-'), and that prefix ("" if none)."""
+    if len(names) < 2:
+        return list(names), ""
+    common = os.path.commonprefix(list(names))
+    prefix = common[: common.rfind("-") + 1]
+    if not prefix or any(name == prefix for name in names):
+        return list(names), ""
+    return [name[len(prefix) :] for name in names], prefix
+
+
+def share_chart(
+    replicas: Sequence[ReplicaResult],
+    labels: Sequence[str],
+    *,
+    chart_id: str,
+    width: float = 1100,
+    height: float = 380,
+    detailed: bool = True,
+) -> Chart:
+    """Observed share per replica as a bar, expected share as a dark marker across it.
+
+    Up to MAX_VERTICAL_BARS replicas stand as columns; a detailed chart of more gets one row
+    per replica, so 64 names and counts stay legible. A small (not detailed) chart keeps
+    columns and drops names and counts.
+    """
+    title = "Share of requests per replica"
+    desc = "; ".join(
+        f"{r.name}: {_percent(r.share)} observed ({r.count:,} requests), {_percent(r.expected_share)} expected"
+        for r in replicas
+    )
+    if detailed and len(replicas) > MAX_VERTICAL_BARS:
+        return _horizontal_shares(replicas, labels, chart_id, title, desc, width)
+    return _vertical_shares(replicas, labels, chart_id, title, desc, width, height, detailed)
+
+
+def _share_top(replicas: Sequence[ReplicaResult]) -> tuple[float, float]:
+    """The share axis: (top, step) with a little headroom above the tallest bar or marker."""
+    peak = max([r.share for r in replicas] + [r.expected_share for r in replicas] + [0.0])
+    step = nice_step(peak * 1.08 if peak > 0 else 1.0, max_ticks=5)
+    return max(step, math.ceil(peak * 1.08 / step - 1e-9) * step), step
+
+
+def _bar_colour(r: ReplicaResult) -> str:
+    return BAR_FLAGGED if r.errors or _misplaced(r) else BAR
+
+
+def _bar_title(r: ReplicaResult) -> str:
+    return f"{r.name}: {r.count:,} requests, {_percent(r.share)} (expected {_percent(r.expected_share)})"
+
+
+def _vertical_shares(
+    replicas: Sequence[ReplicaResult],
+    labels: Sequence[str],
+    chart_id: str,
+    title: str,
+    desc: str,
+    width: float,
+    height: float,
+    detailed: bool,
+) -> Chart:
+    n = max(1, len(replicas))
+    font = 15.0 if detailed else 14.0
+    label_chars = min(_MAX_LABEL_CHARS, max([len(s) for s in labels] + [1]))
+    left, right = (70.0, 16.0) if detailed else (46.0, 8.0)
+    top = 64.0 if detailed else 14.0
+    slot = (width - left - right) / n
+    label_px = label_chars * _CHAR_WIDTH * font
+    show_labels = detailed or slot >= label_px + 4
+    rotate = show_labels and label_px > slot * 0.9
+    plot_height = height - top - 12.0 - (font + 14 if show_labels else 0)
+    bottom = 12.0 + (font + 14 if show_labels else 0)
+    if rotate:  # names at -45 degrees: the chart grows downwards and the first name needs room on the left
+        left = max(left, label_px * 0.72 - slot / 2 + 8)
+        slot = (width - left - right) / n
+        bottom = 12.0 + label_px * 0.72 + font
+        height = top + plot_height + bottom
+    plot = Rect(left, top, width - left - right, plot_height, "none")
+    axis_top, step = _share_top(replicas)
+    base = plot.y + plot.height
+
+    def y_of(share: float) -> float:
+        return base - share / axis_top * plot.height
+
+    chart = Chart(chart_id, title, desc, width, height, plot)
+    _share_ticks(chart, axis_top, step, detailed, lambda v: (plot.x, y_of(v), plot.x + plot.width, y_of(v)))
+    bar_w = slot * (0.62 if n > 1 else 0.4)
+    for i, (r, label) in enumerate(zip(replicas, labels, strict=True)):
+        centre = plot.x + slot * (i + 0.5)
+        top_y = y_of(r.share)
+        chart.bars.append(
+            Rect(
+                _r(centre - bar_w / 2), _r(top_y), _r(bar_w), _r(base - top_y), _bar_colour(r), _bar_title(r)
+            )
+        )
+        marker_w = bar_w + min(slot * 0.3, 24) if n <= MAX_VERTICAL_BARS else slot  # many: one step line
+        ey = _r(y_of(r.expected_share))
+        chart.marks.append(
+            Line(
+                _r(centre - marker_w / 2),
+                ey,
+                _r(centre + marker_w / 2),
+                ey,
+                EXPECTED,
+                3.0 if detailed else 2.0,
+            )
+        )
+        if show_labels:
+            chart.texts.append(_category_label(_clip(label), centre, base, font, rotate))
+        if detailed:
+            above = min(top_y, ey - 1.5) - 8
+            value = f"{r.count:,} · {_percent(r.share)}" if slot >= 130 else f"{r.count:,}"
+            chart.texts.append(Text(_r(centre), _r(above), value, size=font - 1, bold=True))
+    chart.grid.append(Line(plot.x, base, plot.x + plot.width, base, INK, 1.5))
+    if detailed:
+        _legend(chart, plot.x + plot.width, 22.0, flagged=any(b.fill == BAR_FLAGGED for b in chart.bars))
+    return chart
+
+
+def _category_label(label: str, centre: float, base: float, font: float, rotate: bool) -> Text:
+    if not rotate:
+        return Text(_r(centre), _r(base + font + 6), label, size=font)
+    x, y = _r(centre + font * 0.35), _r(base + 10)
+    return Text(x, y, label, anchor="end", size=font, transform=f"rotate(-45 {x} {y})")
+
+
+def _horizontal_shares(
+    replicas: Sequence[ReplicaResult],
+    labels: Sequence[str],
+    chart_id: str,
+    title: str,
+    desc: str,
+    width: float,
+) -> Chart:
+    n = len(replicas)
+    row = max(17.0, min(30.0, 640.0 / n))
+    font = min(15.0, row * 0.78)
+    label_chars = min(_MAX_LABEL_CHARS, max(len(s) for s in labels))
+    left = 24.0 + label_chars * _CHAR_WIDTH * font
+    right = 150.0  # room for "12,345 · 33.3%" after the longest bar
+    top, bottom = 64.0, 44.0
+    plot = Rect(left, top, width - left - right, n * row, "none")
+    height = top + plot.height + bottom
+    axis_top, step = _share_top(replicas)
+
+    def x_of(share: float) -> float:
+        return plot.x + share / axis_top * plot.width
+
+    chart = Chart(chart_id, title, desc, width, height, plot, orientation="horizontal")
+    for v in _ticks(axis_top, step):
+        x = _r(x_of(v))
+        chart.grid.append(Line(x, plot.y, x, plot.y + plot.height, GRID))
+        chart.texts.append(
+            Text(x, _r(plot.y + plot.height + 22), _tick_percent(v, step), size=14, fill=MUTED)
+        )
+    chart.texts.append(
+        Text(_r(plot.x + plot.width / 2), _r(height - 4), "share of successful requests", size=14, fill=MUTED)
+    )
+    bar_h = row * 0.72
+    for i, (r, label) in enumerate(zip(replicas, labels, strict=True)):
+        middle = plot.y + row * (i + 0.5)
+        end = x_of(r.share)
+        chart.bars.append(
+            Rect(plot.x, _r(middle - bar_h / 2), _r(end - plot.x), _r(bar_h), _bar_colour(r), _bar_title(r))
+        )
+        ex = _r(x_of(r.expected_share))
+        chart.marks.append(Line(ex, _r(middle - row / 2 + 1), ex, _r(middle + row / 2 - 1), EXPECTED, 2.5))
+        baseline = _r(middle + font * 0.35)
+        chart.texts.append(Text(_r(plot.x - 8), baseline, _clip(label), anchor="end", size=font))
+        value = f"{r.count:,} · {_percent(r.share)}"
+        chart.texts.append(Text(_r(max(end, ex) + 8), baseline, value, anchor="start", size=font - 1))
+    chart.grid.append(Line(plot.x, plot.y, plot.x, plot.y + plot.height, INK, 1.5))
+    flagged = any(b.fill == BAR_FLAGGED for b in chart.bars)
+    _legend(chart, plot.x + plot.width + right - 8, 22.0, flagged=flagged)
+    return chart
+
+
+def _share_ticks(
+    chart: Chart,
+    axis_top: float,
+    step: float,
+    detailed: bool,
+    line_at: Callable[[float], tuple[float, float, float, float]],
+) -> None:
+    ticks = _ticks(axis_top, step)
+    if not detailed:
+        ticks = [ticks[-1]]
+    for v in ticks:
+        x1, y, x2, _ = line_at(v)
+        chart.grid.append(Line(_r(x1), _r(y), _r(x2), _r(y), GRID))
+        size = 14.0 if detailed else 13.0
+        chart.texts.append(
+            Text(_r(x1 - 8), _r(y + size * 0.35), _tick_percent(v, step), anchor="end", size=size, fill=MUTED)
+        )
+
+
+def _legend(chart: Chart, right_edge: float, y: float, flagged: bool) -> None:
+    """Legend in the top right corner: swatches for observed (and flagged) bars, a line for expected."""
+    x = right_edge - (640 if flagged else 330)
+    chart.shapes.append(Rect(_r(x), _r(y - 11), 22, 14, BAR))
+    chart.texts.append(Text(_r(x + 30), _r(y + 1), "observed share", anchor="start", size=15))
+    if flagged:
+        x += 170
+        chart.shapes.append(Rect(_r(x), _r(y - 11), 22, 14, BAR_FLAGGED))
+        chart.texts.append(
+            Text(_r(x + 30), _r(y + 1), "errors, or share not as due", anchor="start", size=15)
+        )
+        x += 120
+    lx = x + 180
+    chart.marks.append(Line(_r(lx), _r(y - 4), _r(lx + 24), _r(y - 4), EXPECTED, 3.0))
+    chart.texts.append(Text(_r(lx + 32), _r(y + 1), "expected share", anchor="start", size=15))
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency histogram
+
+
+def latency_caption(latency: Latency | None, count: int) -> str:
+    if latency is None or count == 0:
+        return "No latencies were recorded."
+    return (
+        f"{count:,} answers: median {_ms(latency.p50)}, p95 {_ms(latency.p95)}, "
+        f"p99 {_ms(latency.p99)}, mean {_ms(latency.mean)}, slowest {_ms(latency.max)}."
+    )
+
+
+def latency_histogram_chart(
+    histogram: Sequence[HistogramBar],
+    latency: Latency | None,
+    *,
+    chart_id: str = "latency",
+    width: float = 1100,
+    height: float = 360,
+) -> Chart | None:
+    """Requests per latency bin on a log-spaced axis (ms), with p50/p95/p99 lines; None if empty."""
+    bars = [b for b in histogram if b.count > 0 and b.high_ms > 0]
+    if not bars:
+        return None
+    low = min(b.low_ms if b.low_ms > 0 else b.high_ms / 2 for b in bars)
+    high = max(b.high_ms for b in bars)
+    if latency is not None:
+        high = max(high, latency.p99)
+    axis_low, axis_high = floor_125(low), ceil_125(high)
+    if axis_high <= axis_low:
+        axis_high = ceil_125(axis_low * 1.01)
+    decades = math.log10(axis_high / axis_low)
+    per_decade = max(6, min(40, round(48 / decades)))
+    edges = [axis_low * 10 ** (k / per_decade) for k in range(math.ceil(decades * per_decade - 1e-9) + 1)]
+    counts = rebin_log(bars, edges)
+
+    left, right, top, bottom = 76.0, 24.0, 76.0, 52.0
+    plot = Rect(left, top, width - left - right, height - top - bottom, "none")
+    base = plot.y + plot.height
+    peak = max(counts)
+    step = nice_step(peak * 1.05, max_ticks=5)
+    count_top = max(step, math.ceil(peak * 1.05 / step) * step)
+
+    def x_of(ms: float) -> float:
+        return plot.x + math.log10(ms / axis_low) / decades * plot.width
+
+    desc = latency_caption(latency, sum(b.count for b in bars))
+    chart = Chart(chart_id, "Latency histogram (log scale)", desc, width, height, plot)
+    for v in _ticks(count_top, step):
+        y = _r(base - v / count_top * plot.height)
+        chart.grid.append(Line(plot.x, y, plot.x + plot.width, y, GRID))
+        chart.texts.append(Text(_r(plot.x - 8), _r(y + 5), f"{v:,.0f}", anchor="end", size=14, fill=MUTED))
+    for tick in ticks_125(axis_low, axis_high):
+        x = _r(x_of(tick))
+        chart.grid.append(Line(x, plot.y, x, base + 5, GRID))
+        chart.texts.append(Text(x, _r(base + 22), _ms(tick, tick=True), size=14, fill=MUTED))
+    chart.texts.append(
+        Text(_r(plot.x + plot.width / 2), _r(height - 6), "latency (ms, log scale)", size=14, fill=MUTED)
+    )
+    chart.texts.append(
+        Text(
+            16,
+            _r(plot.y + plot.height / 2),
+            "requests",
+            size=14,
+            fill=MUTED,
+            transform=f"rotate(-90 16 {_r(plot.y + plot.height / 2)})",
+        )
+    )
+    for lo, hi, count in zip(edges, edges[1:], counts, strict=False):
+        if count <= 0:
+            continue
+        x1, x2 = x_of(lo), x_of(hi)
+        h = count / count_top * plot.height
+        title = f"{_ms(lo)} – {_ms(hi)}: {round(count):,} requests"
+        chart.bars.append(
+            Rect(_r(x1 + 0.5), _r(base - h), _r(max(1.0, x2 - x1 - 1)), _r(h), HISTOGRAM, title)
+        )
+    chart.grid.append(Line(plot.x, base, plot.x + plot.width, base, INK, 1.5))
+    if latency is not None:
+        _percentile_lines(chart, latency, x_of)
+    return chart
+
+
+def _percentile_lines(chart: Chart, latency: Latency, x_of: Callable[[float], float]) -> None:
+    plot = chart.plot
+    for row, (name, value) in enumerate((("p50", latency.p50), ("p95", latency.p95), ("p99", latency.p99))):
+        x = _r(min(max(x_of(value), plot.x), plot.x + plot.width)) if value > 0 else plot.x
+        colour = PERCENTILE_COLOURS[name]
+        label_y = 22.0 + row * 19
+        chart.marks.append(Line(x, _r(label_y + 5), x, plot.y + plot.height, colour, 2.5, "7 4"))
+        near_right = x > plot.x + plot.width - 160
+        tx = x - 6 if near_right else x + 6
+        text = f"{name} {_ms(value)}"
+        chart.texts.append(Text(_r(tx), label_y, text, "end" if near_right else "start", 15, colour, True))
+
+
+def rebin_log(bars: Sequence[HistogramBar], edges: Sequence[float]) -> list[float]:
+    """Counts of `bars` over the bins between `edges`, each bar split by its overlap in log space."""
+    counts = [0.0] * (len(edges) - 1)
+    logs = [math.log(e) for e in edges]
+    for bar in bars:
+        lo = math.log(bar.low_ms if bar.low_ms > 0 else bar.high_ms / 2)
+        hi = math.log(bar.high_ms)
+        if hi - lo < 1e-12:
+            hi = lo + 1e-12
+        for k in range(len(counts)):
+            overlap = min(hi, logs[k + 1]) - max(lo, logs[k])
+            if overlap > 0:
+                counts[k] += bar.count * overlap / (hi - lo)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Axis arithmetic and formats
+
+
+def nice_step(span: float, max_ticks: int = 5) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k with at most `max_ticks` steps covering `span`."""
+    if span <= 0:
+        return 1.0
+    raw = span / max_ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * magnitude >= raw * (1 - 1e-9):
+            return m * magnitude
+    return 10 * magnitude
+
+
+def _ticks(top: float, step: float) -> list[float]:
+    return [k * step for k in range(round(top / step) + 1)]
+
+
+def floor_125(value: float) -> float:
+    """The largest 1, 2 or 5 x 10^k at or below `value` (> 0)."""
+    magnitude = 10 ** math.floor(math.log10(value))
+    return next(m * magnitude for m in (5, 2, 1, 0.5) if m * magnitude <= value * (1 + 1e-9))
+
+
+def ceil_125(value: float) -> float:
+    """The smallest 1, 2 or 5 x 10^k at or above `value` (> 0)."""
+    magnitude = 10 ** math.floor(math.log10(value))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= value * (1 - 1e-9))
+
+
+def ticks_125(low: float, high: float) -> list[float]:
+    """1-2-5 ticks from `low` to `high`; only powers of ten when that would be more than 10."""
+    ticks: list[float] = []
+    magnitude = 10 ** math.floor(math.log10(low))
+    while magnitude <= high * (1 + 1e-9):
+        ticks += [m * magnitude for m in (1, 2, 5) if low * (1 - 1e-9) <= m * magnitude <= high * (1 + 1e-9)]
+        magnitude *= 10
+    if len(ticks) > 10:
+        ticks = [t for t in ticks if math.isclose(10 ** round(math.log10(t)), t)] or ticks
+    return ticks
+
+
+def _r(value: float) -> float:
+    return round(value, 1)
+
+
+def _clip(label: str) -> str:
+    return label if len(label) <= _MAX_LABEL_CHARS else label[: _MAX_LABEL_CHARS - 1] + "…"
+
+
+def _percent(value: float) -> str:
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.1%}" if abs(value) >= 0.1 or value == 0 else f"{value:.2%}"
+
+
+def _signed_percent(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if math.isinf(value):
+        return "+∞"
+    text = _percent(abs(value))
+    return text if abs(value) < 0.00005 else ("+" if value > 0 else "−") + text
+
+
+def _signed_int(value: int) -> str:
+    return f"+{value:,}" if value > 0 else f"−{-value:,}" if value < 0 else "0"
+
+
+def _tick_percent(value: float, step: float) -> str:
+    """A tick in percent with just the decimals its step needs (5%, 2.5%, 0.25%)."""
+    if value == 0:
+        return "0%"
+    decimals = next(d for d in range(4) if abs(round(step * 100, d) - step * 100) < 1e-9 or d == 3)
+    return f"{value * 100:.{decimals}f}%"
+
+
+def _rate(rps: float) -> str:
+    return f"{rps:,.0f}" if rps >= 100 else f"{rps:.1f}"
+
+
+def _ms(value: float, tick: bool = False) -> str:
+    """Milliseconds as a person reads them: 850 µs, 1.25 ms, 12.5 ms, 1.5 s."""
+    if value >= 1000:
+        return f"{value / 1000:g} s" if tick else f"{value / 1000:.2f} s"
+    if value < 1:
+        return f"{value * 1000:g} µs" if tick else f"{value * 1000:.0f} µs"
+    if tick:
+        return f"{value:g} ms"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
