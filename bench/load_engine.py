@@ -2,10 +2,13 @@
 
 A throwaway nginx (Debian's, config in a temp dir) balances over three loopback `server`
 blocks that answer like the lab's replicas (X-Served-By, X-Upstream-Addr). wrk runs for S
-seconds; run_load then sends the same number of requests over the same C connections.
+seconds; run_load then sends the same number of requests over the same C connections, with
+an X-Lab-Run header as the lab sends it. Other work on a shared 2-core machine makes single
+runs swing by +-30%, so the two alternate for R rounds and the median ratio is the verdict.
+A last paced run (1000 req/s for 2 s) shows how well `rate` holds.
 Everything is bounded: wrk by -d, run_load by that count and 3xS seconds, nginx is stopped.
 
-    python bench/load_engine.py [--concurrency 16] [--seconds 5] [--workers 1]
+    python bench/load_engine.py [--concurrency 16] [--seconds 5] [--rounds 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.traffic import run_load  # noqa: E402 (after the path fix, to run from a checkout)
+from lab.traffic import Tally, run_load  # noqa: E402 (after the path fix, to run from a checkout)
+
+PACED_RATE, PACED_SECONDS = 1000, 2
 
 CONFIG = """\
 # Throwaway nginx for bench/load_engine.py: one balancer and three fake replicas, loopback only.
@@ -110,8 +116,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="wrk / run_load pairs, alternated")
     parser.add_argument("--workers", type=int, default=1, help="nginx worker processes")
     args = parser.parse_args()
+    if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 60:
+        raise SystemExit("--rounds must be 1..20 and --seconds 1..60, so the bench stays bounded")
     nginx, wrk = need("nginx", "nginx-light"), need("wrk", "wrk")
 
     with tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp:
@@ -132,29 +141,55 @@ def main() -> int:
         try:
             wait_for_port(port)
             run_load("127.0.0.1", port, requests=2000, duration=10, concurrency=args.concurrency)
-            done, wrk_rps = run_wrk(wrk, port, args.concurrency, args.seconds)
-            tally = run_load(
+            print(f"nginx workers {args.workers}, {args.concurrency} connections, {os.cpu_count()} cores")
+            ratios = []
+            for round_ in range(1, args.rounds + 1):
+                done, wrk_rps = run_wrk(wrk, port, args.concurrency, args.seconds)
+                tally = run_load(
+                    "127.0.0.1",
+                    port,
+                    requests=done,
+                    duration=3 * args.seconds,
+                    concurrency=args.concurrency,
+                    headers={"X-Lab-Run": "bench"},
+                )
+                ratios.append(tally.throughput_rps / wrk_rps)
+                report(round_, done, wrk_rps, tally)
+            paced = run_load(
                 "127.0.0.1",
                 port,
-                requests=done,
-                duration=3 * args.seconds,
+                requests=None,
+                duration=PACED_SECONDS,
                 concurrency=args.concurrency,
+                rate=PACED_RATE,
             )
         finally:
             server.terminate()
             server.wait(timeout=10)
 
-    lat = tally.latency
-    print(f"nginx workers {args.workers}, {args.concurrency} connections, {os.cpu_count()} cores")
-    print(f"wrk -t2:   {done} requests, {wrk_rps:10.0f} req/s")
-    print(f"run_load:  {tally.sent} requests, {tally.throughput_rps:10.0f} req/s", end=" ")
-    print(f"({tally.errors} errors, by replica {dict(sorted(tally.by_replica.items()))})")
+    per_second = [s.sent for s in paced.timeline]
     print(
-        f"           latency p50 {lat.percentile(50) * 1e3:.3f} ms, "
-        f"p99 {lat.percentile(99) * 1e3:.3f} ms, max {lat.max * 1e3:.3f} ms"
+        f"paced {PACED_RATE} req/s for {PACED_SECONDS} s: {paced.sent} answers ({paced.errors} errors), per second {per_second}"
     )
-    print(f"ratio run_load / wrk: {tally.throughput_rps / wrk_rps:.2f}")
+    print(
+        f"ratio run_load / wrk: {statistics.median(ratios):.2f} (median of {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
     return 0
+
+
+def report(round_: int, done: int, wrk_rps: float, tally: Tally) -> None:
+    """One round: both rates, run_load's errors, spread and latency."""
+    lat = tally.latency
+    print(f"round {round_}: wrk -t2   {done} requests, {wrk_rps:10.0f} req/s")
+    print(f"         run_load {tally.sent} requests, {tally.throughput_rps:10.0f} req/s", end=" ")
+    print(
+        f"({tally.errors} errors, {tally.retried} retried, by replica {dict(sorted(tally.by_replica.items()))})"
+    )
+    print(
+        f"         latency p50 {lat.percentile(50) * 1e3:.3f} ms, "
+        f"p99 {lat.percentile(99) * 1e3:.3f} ms, max {lat.max * 1e3:.3f} ms; "
+        f"ratio {tally.throughput_rps / wrk_rps:.2f}"
+    )
 
 
 if __name__ == "__main__":
