@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import click
 
 from lab import lab as orchestrator
-from lab import ui
+from lab import live, ui
+from lab import report as reports
+from lab import verify as verifier
 from lab.docker_ops import Engine
 from lab.errors import ExitCode, InvalidInput, LabError
 from lab.images import ensure_base_images
@@ -26,6 +28,7 @@ from lab.spec import (
     DEFAULT_SITE,
     MAX_REPLICAS,
     LabSpec,
+    parse_algorithm,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,12 +136,10 @@ def render(name: str, replicas: str, port: str, bind: str, site: str, **balance:
 @balance_options
 def configure(name: str, **balance: object) -> None:
     """Change the balancing of a running lab: render, `nginx -t`, then a graceful reload."""
-    from lab.live import configure as apply
-
     changes = _balance(**balance)
     if not changes:
         raise InvalidInput("nothing to change: give --algorithm, --weights, --hash-key, ...")
-    spec = apply(Engine.connect(), name, **changes)
+    spec = live.configure(Engine.connect(), name, **changes)
     weights = f" weights {','.join(map(str, spec.weights))}" if spec.weights else ""
     ui.out.print(f"lab {name} now balances with {spec.algorithm}{weights} (reloaded gracefully)")
 
@@ -173,8 +174,6 @@ def verify(
     report: str | None,
 ) -> None:
     """Send bounded load through the load balancer and judge how it spreads over the replicas."""
-    from lab import verify as verifier
-
     plan = verifier.LoadPlan.create(requests=requests_, duration=duration, concurrency=concurrency, clients=clients)
     if url and name:
         raise InvalidInput("give --name or --url, not both")
@@ -187,8 +186,6 @@ def verify(
     with ui.progress_bar("verify", enabled=not as_json) as progress:
         result = verifier.verify(target, plan, engine=engine, progress=progress)
     if report:
-        from lab import report as reports
-
         reports.write_report(Path(report), reports.render_verify_report(result))
     if as_json:
         ui.print_json(result.as_json())
@@ -216,10 +213,6 @@ def compare(
     report: str | None,
 ) -> None:  # fmt: skip
     """Verify several balancing methods on the same lab, reconfiguring it live in between."""
-    from lab import live
-    from lab import verify as verifier
-    from lab.spec import parse_algorithm
-
     methods = [parse_algorithm(a) for a in algorithms.split(",") if a.strip()]
     if not methods:
         raise InvalidInput("give at least one method with --algorithms")
@@ -236,8 +229,6 @@ def compare(
     finally:
         live.configure(engine, name, algorithm=original.algorithm)
     if report:
-        from lab import report as reports
-
         reports.write_report(Path(report), reports.render_compare_report(results))
     if as_json:
         ui.print_json([r.as_json() for r in results])
