@@ -84,7 +84,9 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def up(name: str, replicas: str, port: str, bind: str, site: str, quiet: bool, **balance: object) -> None:
     """Build the site image and start the replicas and the load balancer."""
-    spec = LabSpec.create(name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance))
+    spec = LabSpec.create(
+        name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
+    )
     engine = Engine.connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
         lab_status = orchestrator.up(engine, spec, progress)
@@ -157,7 +159,9 @@ load_options = _options(
 
 @cli.command()
 @click.option("--name", default=None, help=f"Lab to verify (default {DEFAULT_NAME}).")
-@click.option("--url", default=None, help="Verify any load balancer on 127.0.0.1 whose replicas send X-Served-By.")
+@click.option(
+    "--url", default=None, help="Verify any load balancer on 127.0.0.1 whose replicas send X-Served-By."
+)
 @click.option("--algorithm", default="round_robin", show_default=True, help="With --url: the method it uses.")
 @click.option("--weights", default=None, help="With --url: expected weights, one per replica.")
 @load_options
@@ -174,7 +178,9 @@ def verify(
     report: str | None,
 ) -> None:
     """Send bounded load through the load balancer and judge how it spreads over the replicas."""
-    plan = verifier.LoadPlan.create(requests=requests_, duration=duration, concurrency=concurrency, clients=clients)
+    plan = verifier.LoadPlan.create(
+        requests=requests_, duration=duration, concurrency=concurrency, clients=clients
+    )
     if url and name:
         raise InvalidInput("give --name or --url, not both")
     engine: Engine | None = None
@@ -199,8 +205,12 @@ def verify(
 
 @cli.command()
 @name_option
-@click.option("--algorithms", default="round_robin,least_conn,random,hash", show_default=True,
-              help="Methods to compare, comma-separated.")
+@click.option(
+    "--algorithms",
+    default="round_robin,least_conn,random,hash",
+    show_default=True,
+    help="Methods to compare, comma-separated.",
+)
 @load_options
 def compare(
     name: str,
@@ -216,7 +226,9 @@ def compare(
     methods = [parse_algorithm(a) for a in algorithms.split(",") if a.strip()]
     if not methods:
         raise InvalidInput("give at least one method with --algorithms")
-    plan = verifier.LoadPlan.create(requests=requests_, duration=duration, concurrency=concurrency, clients=clients)
+    plan = verifier.LoadPlan.create(
+        requests=requests_, duration=duration, concurrency=concurrency, clients=clients
+    )
     engine = Engine.connect()
     original = live.find_running(engine, name).spec
     results = []
@@ -225,7 +237,9 @@ def compare(
             for method in methods:
                 progress(f"switching to {method}", None)
                 live.configure(engine, name, algorithm=method)
-                results.append(verifier.verify(verifier.lab_target(engine, name), plan, engine=engine, progress=progress))
+                results.append(
+                    verifier.verify(verifier.lab_target(engine, name), plan, engine=engine, progress=progress)
+                )
     finally:
         live.configure(engine, name, algorithm=original.algorithm)
     if report:

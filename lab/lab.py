@@ -154,7 +154,9 @@ class _Cancelled(Exception):
     """A worker noticed that `up` is being rolled back."""
 
 
-def start_containers(engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn) -> list[Container]:
+def start_containers(
+    engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn
+) -> list[Container]:
     """Create and start containers in parallel; return once each has logged that it listens.
 
     If anything fails or the user interrupts, workers stop creating and remove what they

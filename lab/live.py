@@ -56,7 +56,12 @@ def apply_config(engine: Engine, lab: RunningLab, spec: LabSpec, *, timeout: flo
         engine.exec(lab.lb, ["rm", "-f", NEXT_CONF])
         raise InvalidInput("the new nginx config failed `nginx -t`; the old one keeps serving", detail=output)
     code, output = engine.exec(
-        lab.lb, ["sh", "-c", f"cp {NGINX_CONF} {NGINX_CONF}.previous && mv {NEXT_CONF} {NGINX_CONF} && nginx -s reload"]
+        lab.lb,
+        [
+            "sh",
+            "-c",
+            f"cp {NGINX_CONF} {NGINX_CONF}.previous && mv {NEXT_CONF} {NGINX_CONF} && nginx -s reload",
+        ],
     )
     if code != 0:
         raise LabError("nginx did not accept the reload signal", detail=output)
@@ -72,13 +77,17 @@ def _wait_for_generation(spec: LabSpec, generation: str, timeout: float) -> None
     while time.monotonic() < deadline:
         try:
             # A new connection each time: keep-alive ones may still belong to old workers.
-            seen = requests.get(spec.url, timeout=2, headers={"Connection": "close"}).headers.get("X-Lab-Config", "")
+            seen = requests.get(spec.url, timeout=2, headers={"Connection": "close"}).headers.get(
+                "X-Lab-Config", ""
+            )
         except requests.RequestException:
             seen = ""
         if seen == generation:
             return
         time.sleep(0.02)
-    raise LabError(f"the load balancer did not pick up the new config in {timeout:.0f} s (still {seen or 'silent'})")
+    raise LabError(
+        f"the load balancer did not pick up the new config in {timeout:.0f} s (still {seen or 'silent'})"
+    )
 
 
 def configure(engine: Engine, name: str, **changes: object) -> LabSpec:

@@ -120,7 +120,9 @@ def verify_table(result: VerifyResult) -> Table:
                             ("", "left"), ("p50 ms", "right"), ("p95 ms", "right"), ("p99 ms", "right"),
                             ("5xx", "right"), ("access log", "right")]:  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    scale = max([r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()])
+    scale = max(
+        [r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()]
+    )
     for r in result.replicas.values():
         logged = "-" if r.access_log_count is None else f"{r.access_log_count:,}"
         if r.access_log_count is not None and r.access_log_count != r.count:
@@ -163,7 +165,9 @@ def verify_summary(result: VerifyResult) -> str:
         f"{result.throughput_rps:,.0f} req/s over {result.duration_s:.1f} s with {result.concurrency} connections",
     ]
     if lat:
-        lines.append(f"latency: p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms, max {lat.max:.1f} ms")
+        lines.append(
+            f"latency: p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms, max {lat.max:.1f} ms"
+        )
     check = result.access_log
     if check.checked:
         lines.append(

@@ -30,7 +30,9 @@ DEFAULT_HASH_CLIENTS = 60
 NGINX_WORKERS = 2  # worker_processes auto on this machine's 2 cores; only matters without a zone
 RUN_HEADER = "X-Lab-Run"
 
-_LOG_LINE = re.compile(r'" (?P<status>\d{3}) .*? upstream=(?P<upstream>.*?) upstream_status=.*run="(?P<run>[^"]*)"')
+_LOG_LINE = re.compile(
+    r'" (?P<status>\d{3}) .*? upstream=(?P<upstream>.*?) upstream_status=.*run="(?P<run>[^"]*)"'
+)
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,20 @@ def lab_target(engine: Engine, name: str) -> Target:
 def url_target(url: str, method: object = "round_robin", weights: object = ()) -> Target:
     """Any load balancer whose replicas send X-Served-By; it must listen on loopback."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+    if (
+        parts.scheme != "http"
+        or not parts.hostname
+        or parts.hostname not in ("127.0.0.1", "localhost", "::1")
+    ):
         raise InvalidInput(f"--url must be http://127.0.0.1:PORT/... (loopback only), not {url!r}")
     # The replica count is known only once they answer; verify() checks the weights against it.
     return Target(
-        lab="", url=url, method=parse_algorithm(method), weights=parse_weight_list(weights), backup=None, replicas=None
+        lab="",
+        url=url,
+        method=parse_algorithm(method),
+        weights=parse_weight_list(weights),
+        backup=None,
+        replicas=None,
     )
 
 
@@ -234,7 +245,11 @@ def verify(
 
 
 def _expected(
-    method: str, replicas: list[str], weights: list[int], backup: int | None, per_client: dict[str, dict[str, int]]
+    method: str,
+    replicas: list[str],
+    weights: list[int],
+    backup: int | None,
+    per_client: dict[str, dict[str, int]],
 ) -> list[float]:
     if method == "ip_hash":
         # One client address: whichever replica it hashes to gets everything.
@@ -272,7 +287,11 @@ def parse_access_log(lines: Iterable[str], run_id: str) -> dict[str, int]:
 
 def access_log_by_replica(by_address: dict[str, int], tally: traffic.Tally) -> dict[str, int]:
     """Turn per-address counts into per-replica counts with the addresses the answers named."""
-    owner = {addr.split(",")[-1].strip(): replica for replica, addrs in tally.upstream_addrs.items() for addr in addrs}
+    owner = {
+        addr.split(",")[-1].strip(): replica
+        for replica, addrs in tally.upstream_addrs.items()
+        for addr in addrs
+    }
     by_replica: dict[str, int] = {}
     for address, n in by_address.items():
         name = owner.get(address, f"unknown address {address}")
@@ -288,7 +307,9 @@ def cross_check_access_log(
     deadline = time.monotonic() + wait
     while True:
         # The engine copies container output to its log asynchronously: give it a moment.
-        by_replica = access_log_by_replica(parse_access_log(engine.log_lines(lb, since=started - 1), run_id), tally)
+        by_replica = access_log_by_replica(
+            parse_access_log(engine.log_lines(lb, since=started - 1), run_id), tally
+        )
         if sum(by_replica.values()) >= tally.ok or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -105,7 +105,9 @@ def test_hash_keys_that_could_break_out_of_the_directive_are_refused(key: str) -
         LabSpec.create(algorithm="hash", hash_key=key)
 
 
-@pytest.mark.parametrize("key", ["$request_uri", "$http_x_client_id", "$cookie_lab_client", "$remote_addr:$uri"])
+@pytest.mark.parametrize(
+    "key", ["$request_uri", "$http_x_client_id", "$cookie_lab_client", "$remote_addr:$uri"]
+)
 def test_ordinary_hash_keys_are_accepted(key: str) -> None:
     assert LabSpec.create(algorithm="hash", hash_key=key).hash_key == key
 
