@@ -146,6 +146,82 @@ def configure(name: str, **balance: object) -> None:
     ui.out.print(f"lab {name} now balances with {spec.algorithm}{weights} (reloaded gracefully)")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})  # so `scale -1` reaches validation
+@name_option
+@click.argument("replicas")
+def scale(name: str, replicas: str) -> None:
+    """Change the number of replicas of a running lab without dropping a request."""
+    with ui.progress_bar(f"scale {name} to {replicas}") as progress:
+        spec = live.scale(Engine.connect(), name, replicas, on_event=lambda step: progress(step, None))
+    ui.out.print(f"lab {name} now has {spec.replicas} replicas")
+
+
+@cli.command()
+@name_option
+@click.option("--site", default=None, help="Directory of the new site version (default: the current site, rebuilt).")
+@click.option("--batch", default="1", show_default=True, help="Replicas replaced at a time.")
+@click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
+def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
+    """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
+    with ui.progress_bar(f"deploy to {name}") as progress:
+        version = live.deploy(
+            Engine.connect(), name, site=site, batch=batch, tag=tag, on_event=lambda step: progress(step, None)
+        )
+    ui.out.print(f"lab {name} serves version {version} on every replica")
+
+
+@cli.command()
+@name_option
+def reload(name: str) -> None:
+    """Test the current nginx config and reload it gracefully."""
+    live.reload(Engine.connect(), name)
+    ui.out.print(f"lab {name}: nginx reloaded")
+
+
+@cli.group()
+def chaos() -> None:
+    """Break replicas the way real ones break (and restore them)."""
+
+
+def _chaos_command(how: str, help_text: str) -> None:
+    @chaos.command(name=how, help=help_text)
+    @name_option
+    @click.argument("replica")
+    def command(name: str, replica: str) -> None:
+        from lab import chaos as breaker
+
+        events: list[str] = []
+        breaker.break_replica(Engine.connect(), name, replica, how, on_event=events.append)
+        ui.out.print("\n".join(events))
+
+
+_chaos_command("kill", "SIGKILL a replica (a crash).")
+_chaos_command("stop", "Stop a replica gracefully.")
+_chaos_command("pause", "Freeze a replica: it accepts connections but never answers.")
+_chaos_command("disconnect", "Cut a replica from the backend network.")
+
+
+@chaos.command(name="restore")
+@name_option
+def chaos_restore(name: str) -> None:
+    """Bring every broken replica back and put it in the upstream again."""
+    from lab import chaos as breaker
+
+    fixed = breaker.restore(Engine.connect(), name)
+    ui.out.print(f"restored: {', '.join(fixed)}" if fixed else "nothing to restore")
+
+
+@chaos.command(name="kill-lb")
+@name_option
+def chaos_kill_lb(name: str) -> None:
+    """SIGKILL the load balancer; its restart policy brings it back."""
+    from lab import chaos as breaker
+
+    events: list[str] = []
+    breaker.kill_lb(Engine.connect(), name, on_event=events.append)
+    ui.out.print("\n".join(events))
+
+
 load_options = _options(
     click.option("--requests", "-n", "requests_", default=None, help="Number of requests (default 1000)."),
     click.option("--duration", "-d", default=None, help="Send for this many seconds instead (bounded)."),
@@ -252,6 +328,31 @@ def compare(
             ui.out.print(f"report: {report}")
     worst = max(results, key=lambda r: ui.verdict_exit_code(r.verdict))
     raise click.exceptions.Exit(ui.verdict_exit_code(worst.verdict))
+
+
+@cli.command()
+@spec_options
+@balance_options
+@click.option("--output", "-o", default="compose.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The Compose file to write; the nginx config is written beside it.")  # fmt: skip
+def compose(
+    name: str, replicas: str, port: str, bind: str, site: str, output: str, **balance: object
+) -> None:
+    """Write a Compose file (and its nginx.conf) that builds the same lab as `lab up`."""
+    from lab.compose import write_compose  # imported here: this command is one self-contained block
+
+    spec = LabSpec.create(
+        name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
+    )
+    engine = Engine.connect()
+    with ui.progress_bar(f"lab compose {spec.name}") as progress:
+        written = write_compose(engine, spec, Path(output), progress)
+    ui.out.print(
+        f"wrote {written.compose_file} and {written.nginx_conf}\n"
+        f"start it:  docker compose -f {written.compose_file} up -d --wait\n"
+        f"check it:  lab verify --url {spec.url}\n"
+        f"remove it: docker compose -f {written.compose_file} down"
+    )
 
 
 @cli.command()

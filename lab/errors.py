@@ -43,6 +43,10 @@ class BuildFailed(LabError):
     """An image did not build; `detail` holds the tail of the build log."""
 
 
+class DeployFailed(LabError):
+    """A rolling deploy stopped; the previous version serves again."""
+
+
 class NotReady(LabError):
     """Containers started but the lab did not come up in time."""
 

@@ -119,6 +119,8 @@ def _refuse_if_present(engine: Engine, spec: LabSpec) -> None:
 def _refuse_if_port_taken(bind: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As servers do (docker-proxy included): connections in TIME_WAIT don't make a port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((bind, port))
         except PermissionError:

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 from docker.models.containers import Container
 
 from lab import labels
 from lab.docker_ops import Engine
-from lab.errors import InvalidInput, LabError
-from lab.lab import NGINX_CONF, SPEC_FILE, current_spec, spec_label
+from lab.errors import DeployFailed, InvalidInput, LabError, NotReady
+from lab.images import ensure_base_images
+from lab.lab import (
+    NGINX_CONF,
+    SPEC_FILE,
+    ProgressFn,
+    current_spec,
+    probe_http,
+    replica_request,
+    spec_label,
+    start_containers,
+)
 from lab.render import nginx_view, render_nginx_conf
-from lab.spec import LabSpec
+from lab.site import ensure_site_image, site_image_tag, site_version
+from lab.spec import LabSpec, parse_replicas, parse_site
+
+EventFn = Callable[[str], None]
 
 NEXT_CONF = "/etc/nginx/nginx.conf.next"
 
@@ -42,13 +60,24 @@ def find_running(engine: Engine, name: str) -> RunningLab:
     return RunningLab(current_spec(engine, lb), lb, [c.name for c in running])
 
 
-def apply_config(engine: Engine, lab: RunningLab, spec: LabSpec, *, timeout: float = 10.0) -> str:
-    """Render `spec`, test it with `nginx -t` in the load balancer, and only then reload.
+def apply_config(
+    engine: Engine,
+    lab: RunningLab,
+    spec: LabSpec,
+    *,
+    hosts: list[str] | None = None,
+    force: bool = False,
+    timeout: float = 10.0,
+) -> str:
+    """Render `spec` (upstream: `hosts`, by default the serving replicas), test it with `nginx -t`
+    in the load balancer, and only then reload gracefully.
 
     A config that fails the test is never installed: the old one keeps serving. Returns the
     new config's generation once the load balancer answers with it.
     """
-    view = nginx_view(spec)
+    if hosts is None:
+        hosts = [c.name for c in serving_members(engine, spec.name)]
+    view = nginx_view(spec, hosts)
     config = render_nginx_conf(view)
     engine.put_file(lab.lb, NEXT_CONF, config)
     code, output = engine.exec(lab.lb, ["nginx", "-t", "-q", "-c", NEXT_CONF])
@@ -96,5 +125,249 @@ def configure(engine: Engine, name: str, **changes: object) -> LabSpec:
     spec = lab.spec.with_changes(**changes)
     if spec == lab.spec:
         return spec
-    apply_config(engine, lab, spec)
+    hosts = [c.name for c in serving_members(engine, name)]
+    if spec.weights and len(spec.weights) != len(hosts):
+        raise InvalidInput(f"got {len(spec.weights)} weights for {len(hosts)} serving replicas")
+    apply_config(engine, lab, spec, hosts=hosts)
     return spec
+
+
+# Members of the upstream -----------------------------------------------------------------------
+def serving_members(engine: Engine, name: str) -> list[Container]:
+    """Replicas nginx can be pointed at: running or frozen, and reachable by name on the backend.
+
+    Docker's DNS forgets stopped and disconnected containers, and nginx refuses a config naming
+    a host it cannot resolve, so those are left out of any new config.
+    """
+    backend = f"{name}-backend"
+    web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
+    members = [
+        c
+        for c in web
+        if c.status in ("running", "paused") and backend in c.attrs["NetworkSettings"]["Networks"]
+    ]
+    return sorted(members, key=_index)
+
+
+def _index(container: Container) -> int:
+    return int(container.labels.get(labels.REPLICA, "0"))
+
+
+def _announce(on_event: EventFn | None, message: str) -> None:
+    if on_event is not None:
+        on_event(message)
+
+
+def _progress_as_events(on_event: EventFn | None) -> ProgressFn:
+    def report(description: str, _fraction: float | None) -> None:
+        _announce(on_event, description)
+
+    return report
+
+
+def drain(engine: Engine, lb: Container, *, timeout: float = 15.0) -> None:
+    """Wait until nginx's old workers (after a reload) have finished their requests and exited."""
+    # "[ ]" keeps this command's own cmdline (and its shell's) from matching the pattern.
+    count = "grep -l 'shutting[ ]down' /proc/[0-9]*/cmdline 2>/dev/null | wc -l"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, output = engine.exec(lb, ["sh", "-c", count])
+        if code != 0 or output.strip() in ("", "0"):
+            return
+        time.sleep(0.05)
+
+
+def _retire(engine: Engine, containers: list[Container], on_event: EventFn | None) -> None:
+    """Stop replicas with their graceful stop signal (in-flight requests finish), then remove them."""
+
+    def retire(container: Container) -> None:
+        container.stop(timeout=10)
+        engine.remove_containers([container])
+        _announce(on_event, f"replica {container.name} stopped and removed")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+        list(pool.map(retire, containers))
+
+
+def _add_replicas(
+    engine: Engine,
+    spec: LabSpec,
+    count: int,
+    first_index: int,
+    image: str,
+    version: str,
+    on_event: EventFn | None,
+) -> list[Container]:
+    """Start `count` new replicas and make sure each answers HTTP inside its container."""
+    requests_ = [replica_request(spec, i, image, version) for i in range(first_index, first_index + count)]
+    try:
+        started = start_containers(engine, requests_, _progress_as_events(on_event))
+        for container in started:
+            health = probe_http(engine, container)
+            if health != "ok":
+                raise NotReady(
+                    f"new replica {container.name} does not answer: {health}", detail=engine.logs(container)
+                )
+            _announce(on_event, f"replica {container.name} answers")
+        return started
+    except BaseException:
+        with contextlib.suppress(Exception):
+            engine.remove_containers(c for c in engine.containers(labels.lab_filter(spec.name, labels.ROLE_WEB))
+                                     if c.name in {r.name for r in requests_})  # fmt: skip
+        raise
+
+
+def _current_image(members: list[Container]) -> tuple[str, str]:
+    """The image tag and site version the newest serving replica runs."""
+    newest = members[-1]
+    version = newest.labels.get(labels.SITE_VERSION, "")
+    tags = newest.image.tags if newest.image else []
+    return (tags[0] if tags else site_image_tag(version)), version
+
+
+def _next_index(engine: Engine, name: str) -> int:
+    web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
+    return max((_index(c) for c in web), default=0) + 1
+
+
+# Operations ------------------------------------------------------------------------------------
+def reload(engine: Engine, name: str, *, on_event: EventFn | None = None) -> None:
+    """Test and gracefully reload the current config (what a config change costs, without a change)."""
+    lab = find_running(engine, name)
+    hosts = [c.name for c in serving_members(engine, name)]
+    apply_config(engine, lab, lab.spec, hosts=hosts, force=True)
+    _announce(on_event, f"nginx reloaded ({len(hosts)} replicas in the upstream)")
+
+
+def scale(engine: Engine, name: str, replicas: object, *, on_event: EventFn | None = None) -> LabSpec:
+    """Add replicas (start, check, then add to the upstream) or remove them (take them out of the
+    upstream, let in-flight requests finish, then stop them gracefully). Never drops a request."""
+    n = parse_replicas(replicas)
+    lab = find_running(engine, name)
+    members = serving_members(engine, name)
+    if not members:
+        raise LabError(f"lab {name!r} has no serving replica to scale from; `lab chaos restore` first")
+    if n == len(members):
+        _announce(on_event, f"already {n} replicas")
+        return lab.spec
+    # Weights and a backup name positions in the upstream; a new size makes them meaningless.
+    spec = lab.spec.with_changes(replicas=n, weights=(), backup=None)
+    if n > len(members):
+        image, version = _current_image(members)
+        added = _add_replicas(
+            engine, spec, n - len(members), _next_index(engine, name), image, version, on_event
+        )
+        try:
+            apply_config(engine, lab, spec, hosts=[c.name for c in members + added])
+        except BaseException:
+            engine.remove_containers(added)
+            raise
+        _announce(on_event, f"reloaded: {n} replicas in the upstream")
+    else:
+        keep, remove = members[:n], members[n:]
+        apply_config(engine, lab, spec, hosts=[c.name for c in keep])
+        _announce(on_event, f"reloaded: {n} replicas in the upstream, {len(remove)} taken out")
+        drain(engine, lab.lb)
+        _retire(engine, remove, on_event)
+    return spec
+
+
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def deploy(
+    engine: Engine,
+    name: str,
+    *,
+    site: Path | str | None = None,
+    batch: object = 1,
+    tag: str | None = None,
+    on_event: EventFn | None = None,
+) -> str:
+    """Rolling update: replace `batch` replicas at a time with the new site version, each new one
+    answering before it joins the upstream and each old one drained before it stops.
+
+    If a new replica does not become healthy, the replicas already replaced go back to the
+    previous version and DeployFailed says so. Returns the new version.
+    """
+    lab = find_running(engine, name)
+    members = serving_members(engine, name)
+    if not members:
+        raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
+    site_dir = parse_site(site) if site is not None else lab.spec.site
+    size = _as_batch(batch, len(members))
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise InvalidInput(
+            f"tag must be 1-64 letters, digits or _.- starting with a letter or digit, not {tag!r}"
+        )
+    previous_image, previous_version = _current_image(members)
+    base = ensure_base_images(engine.client)
+    version = tag
+    if version is None:
+        content = site_version(site_dir, engine.image_id(base.httpd))
+        # With nothing changed, deploy still rolls out a new version (a rebuild), as asked.
+        version = content if content != previous_version else f"{content}.{time.strftime('%Y%m%d%H%M%S')}"
+    image, version = ensure_site_image(
+        engine, site_dir, base.httpd, _progress_as_events(on_event), version_name=version
+    )
+    _announce(on_event, f"built version {version}; replacing {len(members)} replicas, {size} at a time")
+    spec = lab.spec.with_changes(site=site_dir)
+    replaced: list[Container] = []
+    serving = list(members)
+    for start in range(0, len(members), size):
+        old = members[start : start + size]
+        try:
+            new = _swap(engine, lab, spec, serving, old, image, version, on_event)
+        except (LabError, OSError) as exc:
+            _announce(on_event, f"deploy stopped: {exc}; rolling back to {previous_version}")
+            if replaced:
+                serving = serving_members(engine, name)
+                _swap(engine, lab, lab.spec, serving, replaced, previous_image, previous_version, on_event)
+            detail = exc.detail if isinstance(exc, LabError) else ""
+            raise DeployFailed(
+                f"deploy of version {version} stopped ({exc}); version {previous_version} serves again",
+                detail=detail,
+            ) from exc
+        replaced += new
+        serving = [c for c in serving if c not in old] + new
+    engine.put_file(find_running(engine, name).lb, SPEC_FILE, spec_label(spec))
+    _announce(on_event, f"deployed version {version} to {len(members)} replicas")
+    return version
+
+
+def _as_batch(value: object, members: int) -> int:
+    try:
+        size = int(str(value))
+    except ValueError:
+        raise InvalidInput(f"batch must be a whole number, not {value!r}") from None
+    if not 1 <= size <= members:
+        raise InvalidInput(f"batch must be between 1 and {members} (the number of replicas), not {size}")
+    return size
+
+
+def _swap(
+    engine: Engine,
+    lab: RunningLab,
+    spec: LabSpec,
+    serving: list[Container],
+    old: list[Container],
+    image: str,
+    version: str,
+    on_event: EventFn | None,
+) -> list[Container]:
+    """Start len(old) replicas of `image`, add them, then drain and retire `old`."""
+    new = _add_replicas(engine, spec, len(old), _next_index(engine, spec.name), image, version, on_event)
+    hosts = [c.name for c in serving if c not in old] + [c.name for c in new]
+    try:
+        apply_config(
+            engine, lab, spec.with_changes(replicas=len(hosts), weights=(), backup=None), hosts=hosts
+        )
+    except BaseException:
+        engine.remove_containers(new)
+        raise
+    _announce(
+        on_event, f"reloaded: {', '.join(c.name for c in new)} in, {', '.join(c.name for c in old)} out"
+    )
+    drain(engine, lab.lb)
+    _retire(engine, old, on_event)
+    return new

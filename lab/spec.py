@@ -85,6 +85,9 @@ class LabSpec:
 
     def with_changes(self, **changes: object) -> LabSpec:
         """A validated copy with some values changed (the site is not checked again)."""
+        unknown = set(changes) - _FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values: dict[str, object] = {
             "name": self.name,
             "replicas": self.replicas,
@@ -99,7 +102,7 @@ class LabSpec:
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
         }
-        values.update({k: v for k, v in changes.items() if v is not None})
+        values.update(changes)
         return LabSpec.create(**values, check_site=False)
 
     def as_dict(self) -> dict[str, object]:

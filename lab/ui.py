@@ -20,8 +20,11 @@ err = Console(stderr=True)
 
 @contextlib.contextmanager
 def progress_bar(title: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
-    """A single-line progress bar on stderr; yields the callback long-running work reports to."""
-    if not enabled:
+    """A single-line progress bar on stderr; yields the callback long-running work reports to.
+
+    Only on a terminal: in pipes and CI logs a redrawn bar is noise.
+    """
+    if not enabled or not err.is_terminal:
         yield lambda _description, _fraction: None
         return
     columns = (

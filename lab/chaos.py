@@ -1,0 +1,109 @@
+"""Break replicas the way real ones break, and put them right again (`lab chaos`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from docker.models.containers import Container
+
+from lab import labels
+from lab.docker_ops import Engine
+from lab.errors import InvalidInput, LabError
+from lab.lab import probe_http
+from lab.live import EventFn, apply_config, find_running, serving_members
+
+HOW = ("kill", "stop", "pause", "disconnect")
+
+
+def find_replica(engine: Engine, name: str, replica: str) -> Container:
+    """A replica of lab `name` by container name (`lab-web-2`) or number (`2`)."""
+    web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
+    for container in web:
+        if replica in (container.name, container.labels.get(labels.REPLICA)):
+            return container
+    known = ", ".join(sorted(c.name for c in web)) or "none"
+    raise InvalidInput(f"lab {name!r} has no replica {replica!r} (replicas: {known})")
+
+
+def break_replica(
+    engine: Engine, name: str, replica: str, how: str = "kill", *, on_event: EventFn | None = None
+) -> None:
+    """kill: SIGKILL, as a crash. stop: a graceful stop. pause: frozen (accepts, never answers).
+    disconnect: cut from the backend network, so packets to it go nowhere."""
+    if how not in HOW:
+        raise InvalidInput(f"unknown way to break a replica {how!r}; choose one of {', '.join(HOW)}")
+    find_running(engine, name)  # the lab must be up
+    container = find_replica(engine, name, replica)
+    if container.status != "running":
+        raise InvalidInput(
+            f"replica {container.name} is {container.status} already; `lab chaos restore` first"
+        )
+    if how == "kill":
+        container.kill(signal="SIGKILL")
+    elif how == "stop":
+        container.stop(timeout=10)
+    elif how == "pause":
+        container.pause()
+    else:
+        engine.client.networks.get(f"{name}-backend").disconnect(container, force=True)
+    if on_event:
+        on_event(f"chaos: {how} {container.name}")
+
+
+def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> list[str]:
+    """Bring every broken replica back and reload nginx so it resolves their (new) addresses."""
+    lab = find_running(engine, name)
+    backend = f"{name}-backend"
+    fixed = []
+    for container in engine.containers(labels.lab_filter(name, labels.ROLE_WEB)):
+        if container.status == "paused":
+            container.unpause()
+        elif container.status in ("exited", "created", "dead"):
+            container.start()
+        elif backend not in container.attrs["NetworkSettings"]["Networks"]:
+            engine.attach(backend, container)
+        else:
+            continue
+        fixed.append(container.name)
+    if fixed:
+        _wait_listening(engine, name, fixed)
+        apply_config(
+            engine,
+            lab,
+            lab.spec.with_changes(replicas=len(serving_members(engine, name)), weights=(), backup=None),
+        )
+        if on_event:
+            on_event(f"chaos: restored {', '.join(sorted(fixed))}")
+    return sorted(fixed)
+
+
+def _wait_listening(engine: Engine, name: str, names: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for container in serving_members(engine, name):
+            if container.name in pending and probe_http(engine, container) == "ok":
+                pending.discard(container.name)
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise LabError(f"restored replica(s) did not answer in time: {', '.join(sorted(pending))}")
+
+
+def kill_lb(engine: Engine, name: str, *, on_event: EventFn | None = None) -> None:
+    """SIGKILL nginx's master from outside, as a crash would: the engine sees the container die on
+    its own, and the restart policy brings it back (an API kill would count as a manual stop)."""
+    lab = find_running(engine, name)
+    pid = int(lab.lb.attrs["State"]["Pid"])
+    if pid <= 0:
+        raise LabError(f"the load balancer of lab {name!r} has no process to kill")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except PermissionError:
+        raise LabError("killing the load balancer's process needs root on the Docker host") from None
+    except ProcessLookupError:
+        raise LabError("the load balancer's process is not visible here (a remote Docker engine?)") from None
+    if on_event:
+        on_event(f"chaos: killed the load balancer {lab.lb.name} (pid {pid})")
