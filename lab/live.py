@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from docker.models.containers import Container
 
 from lab import labels
@@ -66,7 +65,6 @@ def apply_config(
     spec: LabSpec,
     *,
     hosts: list[str] | None = None,
-    force: bool = False,
     timeout: float = 10.0,
 ) -> str:
     """Render `spec` (upstream: `hosts`, by default the serving replicas), test it with `nginx -t`
@@ -84,6 +82,7 @@ def apply_config(
     if code != 0:
         engine.exec(lab.lb, ["rm", "-f", NEXT_CONF])
         raise InvalidInput("the new nginx config failed `nginx -t`; the old one keeps serving", detail=output)
+    old_workers = active_workers(engine, lab.lb)
     code, output = engine.exec(
         lab.lb,
         [
@@ -95,28 +94,32 @@ def apply_config(
     if code != 0:
         raise LabError("nginx did not accept the reload signal", detail=output)
     engine.put_file(lab.lb, SPEC_FILE, spec_label(spec))
-    _wait_for_generation(spec, view.generation, timeout)
+    _wait_for_new_workers(engine, lab.lb, old_workers, timeout)
     return view.generation
 
 
-def _wait_for_generation(spec: LabSpec, generation: str, timeout: float) -> None:
-    """A reload is asynchronous: wait until a fresh connection is answered by the new workers."""
+_WORKERS = (
+    "grep -l 'worker[ ]process' /proc/[0-9]*/cmdline 2>/dev/null; echo --; "
+    "grep -l 'shutting[ ]down' /proc/[0-9]*/cmdline 2>/dev/null"
+)  # "[ ]" keeps this command's own cmdline from matching
+
+
+def active_workers(engine: Engine, lb: Container) -> set[str]:
+    """The /proc entries of nginx workers that take new connections (not the old, draining ones)."""
+    _, output = engine.exec(lb, ["sh", "-c", _WORKERS])
+    workers, _, draining = output.partition("--")
+    return set(workers.split()) - set(draining.split())
+
+
+def _wait_for_new_workers(engine: Engine, lb: Container, old: set[str], timeout: float) -> None:
+    """`nginx -s reload` only signals the master: wait until fresh workers have replaced the old."""
     deadline = time.monotonic() + timeout
-    seen = ""
     while time.monotonic() < deadline:
-        try:
-            # A new connection each time: keep-alive ones may still belong to old workers.
-            seen = requests.get(spec.url, timeout=2, headers={"Connection": "close"}).headers.get(
-                "X-Lab-Config", ""
-            )
-        except requests.RequestException:
-            seen = ""
-        if seen == generation:
+        current = active_workers(engine, lb)
+        if current and not current & old:
             return
         time.sleep(0.02)
-    raise LabError(
-        f"the load balancer did not pick up the new config in {timeout:.0f} s (still {seen or 'silent'})"
-    )
+    raise LabError(f"nginx did not start new workers within {timeout:.0f} s of the reload")
 
 
 def configure(engine: Engine, name: str, **changes: object) -> LabSpec:
@@ -235,7 +238,7 @@ def reload(engine: Engine, name: str, *, on_event: EventFn | None = None) -> Non
     """Test and gracefully reload the current config (what a config change costs, without a change)."""
     lab = find_running(engine, name)
     hosts = [c.name for c in serving_members(engine, name)]
-    apply_config(engine, lab, lab.spec, hosts=hosts, force=True)
+    apply_config(engine, lab, lab.spec, hosts=hosts)
     _announce(on_event, f"nginx reloaded ({len(hosts)} replicas in the upstream)")
 
 
