@@ -355,6 +355,66 @@ def compose(
     )
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})  # so `--rate -5` reaches validation
+@click.argument("kind")
+@name_option
+@click.option("--rate", default="150", show_default=True, help="Requests per second, paced (1-2000).")
+@click.option(
+    "--duration", default="20", show_default=True, help="Seconds of load (2-600); the operation runs in it."
+)
+@click.option("--steps", default=None, help="scale: replica counts to scale to in turn (default 8,2).")
+@click.option("--batch", default=None, help="deploy: replicas replaced at a time (default 1).")
+@click.option(
+    "--site",
+    default=None,
+    help="deploy: directory of the new site version (default: the current one, rebuilt).",
+)
+@click.option("--how", default=None, help="failover: kill, stop, pause or disconnect (default kill).")
+@click.option(
+    "--replica", default=None, help="failover: the replica to break, by name or number (default the first)."
+)
+@click.option(
+    "--restore",
+    default=None,
+    help="failover: restore it after the measured window (after, the default), during it, or no.",
+)
+@click.option("--times", default=None, help="reload: how many reloads (default 3).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here.")
+def experiment(
+    kind: str, name: str, rate: str, duration: str, steps: str | None, batch: str | None, site: str | None,
+    how: str | None, replica: str | None, restore: str | None, times: str | None, as_json: bool, report: str | None,
+) -> None:  # fmt: skip
+    """Steady load through the load balancer while scale, deploy, failover, reload or kill-lb runs; every request counted.
+
+    KIND is scale, deploy, failover, reload or kill-lb. Exit 0 when nothing failed (kill-lb: the load
+    balancer came back and errors stopped) and every check passed, else 1.
+    """
+    from lab import experiment as experiments  # imported here: this command is one self-contained block
+    from lab.experiment_report import render_experiment_report
+
+    options = {"steps": steps, "batch": batch, "site": site, "how": how, "replica": replica,
+               "restore": restore, "times": times}  # fmt: skip
+    # Validated before any Docker call: bad input touches nothing.
+    experiments.ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
+    engine = Engine.connect()
+    with ui.progress_bar(f"experiment {kind}", enabled=not as_json) as progress:
+        result = experiments.run_experiment(
+            engine, name, kind, rate=rate, duration=duration, options=options, progress=progress
+        )
+    if report:
+        reports.write_report(Path(report), render_experiment_report(result))
+    if as_json:
+        ui.print_json(result.as_json())
+    else:
+        ui.out.print(ui.experiment_timeline_table(result))
+        ui.out.print(ui.experiment_events_table(result))
+        ui.out.print(ui.experiment_summary(result))
+        if report:
+            ui.out.print(f"report: {report}")
+    raise click.exceptions.Exit(ExitCode.OK if result.passed else ExitCode.FAILED)
+
+
 @cli.command()
 @click.option("--pull", is_flag=True, help="Try to pull the official images first (needs a registry).")
 def images(pull: bool) -> None:

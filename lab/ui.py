@@ -7,10 +7,12 @@ import json
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lab.errors import ExitCode
+from lab.experiment import ExperimentResult
 from lab.lab import LabStatus, MemberStatus, ProgressFn
 from lab.results import VerifyResult
 
@@ -193,3 +195,104 @@ def compare_table(results: list[VerifyResult]) -> Table:
             f"{r.throughput_rps:,.0f}", _ms(r.latency_ms.p95 if r.latency_ms else None), str(r.errors), shares,
         )  # fmt: skip
     return table
+
+
+# lab experiment ------------------------------------------------------------------------------
+# Imported here so that this section stays one addition at the end of the module.
+
+
+_EXPERIMENT_STYLE = {
+    "zero-loss": "bold green",
+    "recovered": "bold green",
+    "lossy": "bold red",
+    "failed": "bold red",
+}
+_TIMELINE_ROWS = 30  # longer runs are shown in groups of seconds
+
+
+def _replica_label(lab: str, replica: str) -> str:
+    return replica.removeprefix(f"{lab}-")
+
+
+def experiment_timeline_table(result: ExperimentResult) -> Table:
+    """The timeline, condensed to at most ~30 rows, with the events that fell in each row."""
+    timeline = result.timeline
+    group = max(1, -(-len(timeline) // _TIMELINE_ROWS))
+    unit = "second" if group == 1 else f"{group} seconds"
+    table = Table(
+        title=f"{result.lab}: {result.kind} under {result.rate:g} req/s for {result.duration:g} s (one row per {unit})",
+        title_justify="left",
+    )
+    for column, justify in [("s", "right"), ("sent", "right"), ("ok", "right"), ("failed", "right"),
+                            ("retried", "right"), ("replicas answering (share)", "left"), ("events", "left")]:  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    numbered = list(enumerate(result.events, start=1))
+    for start in range(0, len(timeline), group):
+        seconds = timeline[start : start + group]
+        sent = sum(s.sent for s in seconds)
+        ok = sum(s.ok for s in seconds)
+        failed = sum(s.errors for s in seconds)
+        retried = sum(s.retried for s in seconds)
+        served: dict[str, int] = {}
+        causes: dict[str, int] = {}
+        for s in seconds:
+            for replica, n in s.by_replica.items():
+                served[replica] = served.get(replica, 0) + n
+            for cause, n in s.errors_by_cause.items():
+                causes[cause] = causes.get(cause, 0) + n
+        counts = [n for n in served.values() if n]
+        if len(counts) <= 4:
+            shares = " ".join(f"{_replica_label(result.lab, r)} {n / ok:.0%}" for r, n in served.items() if n)
+        else:
+            shares = f"{min(counts) / ok:.0%}-{max(counts) / ok:.0%} each"
+        end = seconds[-1].t + 1
+        events = ", ".join(str(i) for i, e in numbered if seconds[0].t <= e.t < end)
+        failed_text = (
+            f"[red]{failed:,}[/] ({', '.join(f'{k} {v}' for k, v in causes.items() if v)})" if failed else "0"
+        )
+        label = str(seconds[0].t) if group == 1 else f"{seconds[0].t}-{seconds[-1].t}"
+        table.add_row(
+            label, f"{sent:,}", f"{ok:,}", failed_text, f"[yellow]{retried:,}[/]" if retried else "0",
+            f"{len(served)}: {shares}" if served else "[red]none[/]", events,
+        )  # fmt: skip
+    return table
+
+
+def experiment_events_table(result: ExperimentResult) -> Table:
+    table = Table(title="events (seconds since the load started)", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("s", justify="right")
+    table.add_column("what happened")
+    for i, event in enumerate(result.events, start=1):
+        style = "bold" if event.source == "step" else ("red" if event.source == "note" else "")
+        text = f"[{style}]{escape(event.text)}[/]" if style else escape(event.text)
+        table.add_row(str(i), f"{event.t:.2f}", text)
+    return table
+
+
+def experiment_summary(result: ExperimentResult) -> str:
+    style = _EXPERIMENT_STYLE.get(result.verdict, "bold")
+    causes = ", ".join(f"{k} {v:,}" for k, v in result.failed_by_cause.items() if v) or "none"
+    if result.first_error_s is None:
+        recovery = "no errors"
+    elif result.recovery_s is None:
+        recovery = f"errors from second {result.first_error_s:.0f} to the end: not recovered"
+    else:
+        recovery = f"{result.recovery_s:.0f} s (errors from second {result.first_error_s:.0f})"
+    lines = [
+        f"[{style}]{result.verdict.upper()}[/]: {escape(result.reason)}",
+        f"{result.sent:,} sent, {result.ok:,} ok, {result.failed:,} failed ({causes}), "
+        f"{result.retried:,} retried on a fresh connection; nginx tried another replica "
+        f"{result.upstream_retries:,} times",
+        f"recovery: {recovery}",
+    ]
+    if result.latency_ms:
+        lat = result.latency_ms
+        lines.append(f"latency: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms")
+    if result.operation_error:
+        lines.append(f"[bold red]the operation failed:[/] {escape(result.operation_error)}")
+    for check in result.checks:
+        mark = "[green]✓[/]" if check.passed else ("[red]✗[/]" if check.judged else "[yellow]?[/]")
+        lines.append(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+    lines += [f"note: {escape(n)}" for n in result.notes]
+    return "\n".join(lines)
