@@ -1,28 +1,46 @@
 """pytest plugin: real labs as fixtures, guaranteed teardown, and lab context on failing tests.
 
 Registered through the `pytest11` entry point, so any test suite with `lab` installed can use
-`lab_cluster(...)`. Tests that use it are marked `docker`; without an engine they skip, and
-under CI=true they fail instead.
+`lab_cluster(...)` (one lab per test) and `lab_cluster_session(...)` (one lab per session and
+xdist worker). Without a Docker engine those tests skip; under CI=true they fail instead.
+
+The core is `running_lab(engine, **options)`, a context manager usable without pytest: it starts
+a lab and removes it afterwards, whatever happened (a failed or interrupted `up` included). Every
+resource carries this session's id (`lab.session`) and the creating process (`lab.pid`); the first
+test that needs the engine sweeps labs left behind by a pytest session that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
 from lab import lab as orchestrator
 from lab import labels
 from lab.docker_ops import Engine
-from lab.errors import EngineUnavailable
-from lab.spec import LabSpec
+from lab.errors import EngineUnavailable, InvalidInput, LabError
+from lab.spec import DEFAULT_REPLICAS, LabSpec, parse_replicas
+
+if TYPE_CHECKING:
+    from lab.results import VerifyResult
 
 _ENGINE_KEY = pytest.StashKey[Engine | None]()
-_LABS_KEY = pytest.StashKey[list[str]]()
+_LABS_KEY = pytest.StashKey[list[str]]()  # labs a test started (item stash)
+_SESSION_LABS_KEY = pytest.StashKey[list[str]]()  # labs of lab_cluster_session (config stash)
+_KEPT_KEY = pytest.StashKey[list[list[str]]]()  # [name, url] of labs left up by --lab-keep
+
+# What a fixture call may set: LabSpec.create's parameters.
+KNOWN_OPTIONS = tuple(p for p in inspect.signature(LabSpec.create).parameters if p != "check_site")
+_SESSION_PID = re.compile(r"pytest-(\d+)-")
 
 
 def in_ci() -> bool:
@@ -41,13 +59,14 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{worker + '-' if worker else ''}{uuid.uuid4().hex[:8]}"
 
 
+# The handle and its context manager ------------------------------------------------------------
 @dataclass
 class LabHandle:
     """A running lab inside a test."""
 
     engine: Engine
     spec: LabSpec
-    replicas: list[str] = field(default_factory=list)
+    replicas: list[str] = field(default_factory=list)  # container (and host) names in the upstream
 
     @property
     def name(self) -> str:
@@ -62,9 +81,69 @@ class LabHandle:
         return nginx_conf(self.engine, self.name)
 
     def logs(self, tail: int = 40) -> dict[str, str]:
+        """The last `tail` log lines of each container, by container name."""
         return container_logs(self.engine, self.name, tail)
 
+    def status(self) -> orchestrator.LabStatus:
+        return orchestrator.status(self.engine, self.name)
 
+    def verify(self, requests: int = 1000, concurrency: int = 8, clients: int = 0) -> VerifyResult:
+        """Send bounded load through the load balancer and judge the spread, as `lab verify` does."""
+        from lab import (
+            verify as verifier,  # imported on use: it brings scipy, which pytest runs need not pay for
+        )
+
+        plan = verifier.LoadPlan.create(
+            requests=requests, duration=None, concurrency=concurrency, clients=clients
+        )
+        return verifier.verify(verifier.lab_target(self.engine, self.name), plan, engine=self.engine)
+
+    def scale(self, replicas: int) -> None:
+        """Add or remove replicas live; `.spec` and `.replicas` follow."""
+        from lab import live
+
+        self.spec = live.scale(self.engine, self.name, replicas)
+        self.replicas = live.find_running(self.engine, self.name).replicas
+
+    def kill(self, replica: int | str) -> None:
+        """SIGKILL a replica (its number from 1, or its container name), as a crash would."""
+        from lab import chaos
+
+        chaos.break_replica(self.engine, self.name, str(replica), how="kill")
+
+
+def lab_spec(**options: object) -> LabSpec:
+    """Validate fixture options into a spec; a unique name and a free port unless given."""
+    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0]!r} (known: {', '.join(KNOWN_OPTIONS)})")
+    options.setdefault("name", unique_name())
+    options.setdefault("port", free_port())
+    return LabSpec.create(**options)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def running_lab(
+    engine: Engine, spec: LabSpec | None = None, *, keep: bool = False, **options: object
+) -> Iterator[LabHandle]:
+    """Start a lab (`spec`, or one made from `options`), yield its handle, and remove it afterwards.
+
+    It is removed whatever happens: an exception or Ctrl-C in `up` (which also rolls itself
+    back) or in the block. With `keep=True` a lab that came up is left running.
+    """
+    spec = spec or lab_spec(**options)
+    came_up = False
+    try:
+        orchestrator.up(engine, spec)
+        came_up = True
+        yield LabHandle(engine, spec, spec.replica_names())
+    finally:
+        if not (keep and came_up):
+            with orchestrator._sigint_ignored():  # a second Ctrl-C must not leave it half removed
+                orchestrator.remove_lab(engine, spec.name)
+
+
+# What a failing test's report shows ---------------------------------------------------------
 def nginx_conf(engine: Engine, name: str) -> str:
     for container in engine.containers(labels.lab_filter(name, labels.ROLE_LB)):
         try:
@@ -79,16 +158,105 @@ def container_logs(engine: Engine, name: str, tail: int = 40) -> dict[str, str]:
     return {c.name: engine.logs(c, tail=tail) for c in containers}
 
 
+def status_text(status: orchestrator.LabStatus) -> str:
+    """`lab status` as a plain-text table."""
+    rows = [("container", "role", "state", "health", "image")]
+    members = ([status.load_balancer] if status.load_balancer else []) + list(status.replicas)
+    for m in members:
+        role = "load balancer" if m.role == labels.ROLE_LB else f"replica {m.index}"
+        rows.append((m.name, role, m.state, m.health, m.image))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([f"lab {status.name}  {status.url}  ({status.algorithm or 'unknown method'})", *lines])
+
+
+def report_sections(engine: Engine, name: str) -> list[tuple[str, str]]:
+    try:
+        status = status_text(orchestrator.status(engine, name))
+    except LabError as exc:
+        status = exc.message
+    sections = [(f"lab {name}: status", status), (f"lab {name}: nginx.conf", nginx_conf(engine, name))]
+    for container, text in container_logs(engine, name).items():
+        sections.append((f"lab {name}: logs of {container}", text))
+    return sections
+
+
+# Stale labs ----------------------------------------------------------------------------------
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_gone(found: dict[str, str]) -> bool:
+    """Neither the creating process nor the pytest process named in the session id is alive.
+
+    (A lab made by `lab up` run from a live test has a dead creator but a live session.)
+    """
+    session_pid = _SESSION_PID.match(found.get(labels.SESSION, ""))
+    pids = [found.get(labels.PID, ""), session_pid.group(1) if session_pid else ""]
+    return not any(_pid_alive(pid) for pid in pids if pid)
+
+
+def sweep_stale_labs(engine: Engine) -> list[str]:
+    """Remove labs left by crashed pytest sessions (session `pytest-...`, owner gone); return their names."""
+    stale: set[str] = set()
+    current = labels.session_id()
+    for resource in engine.containers(labels.any_lab_filter()) + engine.networks(labels.any_lab_filter()):
+        found = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
+        session = found.get(labels.SESSION, "")
+        if session.startswith("pytest-") and session != current and _owner_gone(found):
+            stale.add(found[labels.NAME])
+    for name in sorted(stale):
+        orchestrator.remove_lab(engine, name)
+    return sorted(stale)
+
+
+# Hooks and fixtures ----------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lab", "lab: real load-balanced labs as fixtures")
+    group.addoption(
+        "--lab-keep",
+        action="store_true",
+        help="Leave the labs up after the tests, for debugging; the summary says how to reach and remove them.",
+    )
+    group.addoption(
+        "--lab-replicas",
+        default=None,
+        help=f"Replicas of a lab whose test does not say (default {DEFAULT_REPLICAS}).",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "docker: needs a real Docker engine (fails instead of skipping when CI=true)"
     )
-    os.environ.setdefault("LAB_SESSION", f"pytest-{uuid.uuid4().hex[:10]}")
+    replicas = config.getoption("lab_replicas", None)
+    if replicas is not None:
+        try:
+            parse_replicas(replicas)
+        except InvalidInput as exc:
+            raise pytest.UsageError(f"--lab-replicas: {exc.message}") from None
+    config.stash[_KEPT_KEY] = []
+    config.stash[_SESSION_LABS_KEY] = []
+    if config.getoption("lab_keep", False) and not hasattr(config, "workerinput"):
+        # Kept labs are meant to outlive the session: a session id the sweep never touches.
+        os.environ["LAB_SESSION"] = f"kept-{uuid.uuid4().hex[:10]}"
+    # The pid in the id tells a later sweep whether this session is still running. xdist workers
+    # inherit the controller's id, so one run is one session.
+    os.environ.setdefault("LAB_SESSION", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="session")
 def lab_engine(request: pytest.FixtureRequest) -> Engine:
-    """The Docker engine; skips the test without one, fails it under CI=true."""
+    """The Docker engine; skips the test without one, fails it under CI=true.
+
+    First, labs left behind by crashed pytest sessions are removed.
+    """
     try:
         engine = Engine.connect(timeout=120)
     except EngineUnavailable as exc:
@@ -96,28 +264,63 @@ def lab_engine(request: pytest.FixtureRequest) -> Engine:
             pytest.fail(f"CI=true and {exc.message}", pytrace=False)
         pytest.skip(exc.message)
     request.config.stash[_ENGINE_KEY] = engine
+    sweep_stale_labs(engine)
     return engine
+
+
+def _starter(
+    config: pytest.Config, engine: Engine, stack: contextlib.ExitStack, started: list[str], fixture: str
+) -> Callable[..., LabHandle]:
+    """The function a lab fixture returns: validate, start within `stack`, fail in one line."""
+    keep = bool(config.getoption("lab_keep"))
+
+    def start(**options: object) -> LabHandle:
+        options.setdefault("replicas", config.getoption("lab_replicas") or DEFAULT_REPLICAS)
+        try:
+            spec = lab_spec(**options)
+        except InvalidInput as exc:
+            pytest.fail(f"{fixture}: {exc.message}", pytrace=False)
+        started.append(spec.name)  # before `up`: a failing `up` still gets its report sections
+        try:
+            handle = stack.enter_context(running_lab(engine, spec, keep=keep))
+        except LabError as exc:
+            detail = f"\n{exc.detail}" if exc.detail else ""
+            pytest.fail(f"{fixture}: lab {spec.name} did not come up: {exc.message}{detail}", pytrace=False)
+        if keep:
+            config.stash[_KEPT_KEY].append([spec.name, spec.url])
+        return handle
+
+    return start
 
 
 @pytest.fixture
 def lab_cluster(lab_engine: Engine, request: pytest.FixtureRequest) -> Iterator[Callable[..., LabHandle]]:
-    """A factory: `lab_cluster(replicas=3)` starts a lab unique to this test; it is removed afterwards."""
-    started: list[str] = []
-    request.node.stash[_LABS_KEY] = started
+    """A factory: `lab_cluster(replicas=3, algorithm="round_robin", site=path)` starts a lab for
+    this test only; it is removed after the test, whatever happened."""
+    started = request.node.stash.setdefault(_LABS_KEY, [])
+    with contextlib.ExitStack() as stack:
+        yield _starter(request.config, lab_engine, stack, started, "lab_cluster")
 
-    def start(**options: object) -> LabHandle:
-        options.setdefault("name", unique_name())
-        options.setdefault("port", free_port())
-        spec = LabSpec.create(**options)  # type: ignore[arg-type]
-        started.append(spec.name)  # before `up`: a half-created lab is removed too
-        orchestrator.up(lab_engine, spec)
-        return LabHandle(lab_engine, spec, spec.replica_names())
 
-    try:
-        yield start
-    finally:
-        for name in started:
-            orchestrator.down(lab_engine, name)
+@pytest.fixture(scope="session")
+def lab_cluster_session(
+    lab_engine: Engine, pytestconfig: pytest.Config
+) -> Iterator[Callable[..., LabHandle]]:
+    """Like `lab_cluster`, but a lab lives for the whole session (one per xdist worker), and calls
+    with the same options share it: a test that scales or kills changes it for the others too."""
+    shared: dict[str, LabHandle] = {}
+    with contextlib.ExitStack() as stack:
+        start = _starter(
+            pytestconfig, lab_engine, stack, pytestconfig.stash[_SESSION_LABS_KEY], "lab_cluster_session"
+        )
+
+        def get(**options: object) -> LabHandle:
+            key = repr(sorted(options.items()))
+            if key not in shared:
+                shared[key] = start(**options)
+            return shared[key]
+
+        yield get
 
 
 @pytest.hookimpl(wrapper=True)
@@ -125,11 +328,36 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    names = item.stash.get(_LABS_KEY, [])
+    names: list[str] = item.stash.get(_LABS_KEY, [])
+    if "lab_cluster_session" in getattr(item, "fixturenames", ()):
+        names = names + item.config.stash[_SESSION_LABS_KEY]
     engine = item.config.stash.get(_ENGINE_KEY, None)
     if report.failed and names and engine is not None and call.when in ("setup", "call"):
         for name in names:
-            report.sections.append((f"lab {name}: nginx.conf", nginx_conf(engine, name)))
-            for container, text in container_logs(engine, name).items():
-                report.sections.append((f"lab {name}: logs of {container}", text))
+            report.sections.extend(report_sections(engine, name))
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: its controller prints the summary
+        workeroutput["lab_kept"] = session.config.stash[_KEPT_KEY]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: collect the labs a worker kept."""
+    config = getattr(node, "config", None)
+    kept = getattr(node, "workeroutput", {}).get("lab_kept", [])
+    if config is not None:
+        config.stash[_KEPT_KEY].extend(kept)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    kept = config.stash.get(_KEPT_KEY, [])
+    if kept:
+        terminalreporter.section("labs left running (--lab-keep)")
+        for name, url in kept:
+            terminalreporter.write_line(
+                f"lab {name}: {url}   status: lab status --name {name}   remove: lab down --name {name}"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -114,3 +115,58 @@ def render_html(template_name: str, **context: object) -> str:
         autoescape=True,
     )
     return environment.get_template(template_name).render(**context)
+
+
+@dataclass(frozen=True)
+class ComposeService:
+    """One service of the Compose file: a replica or the load balancer, as `lab up` creates it."""
+
+    service: str  # the Compose service name
+    container: str  # container name and host name, the same as `lab up` gives
+    comment: str
+    image: str
+    labels: dict[str, str]
+    networks: tuple[str, ...]  # keys of ComposeView.networks
+    cap_add: tuple[str, ...]
+    mem_limit: str
+    pids_limit: int
+    healthcheck: str  # a bash script; healthy when it exits 0
+    depends_on: tuple[str, ...] = ()  # services that must be healthy first
+    ports: tuple[tuple[str, int, int], ...] = ()  # (host address, host port, container port)
+    volumes: tuple[str, ...] = ()
+    restart: str | None = None
+
+
+@dataclass(frozen=True)
+class ComposeNetwork:
+    key: str  # how services refer to it
+    name: str  # the Docker network's name, the same as `lab up` gives
+    internal: bool
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ComposeView:
+    """Everything the Compose template shows, already decided."""
+
+    lab: str
+    command: str  # the `lab compose` command line that wrote it
+    build_context: str
+    dockerfile: str
+    build_args: dict[str, str]
+    build_labels: dict[str, str]
+    replicas: tuple[ComposeService, ...]  # alike but for name and labels: the file shares the rest
+    lb: ComposeService
+    networks: tuple[ComposeNetwork, ...]
+
+
+def _compose_quote(value: object) -> str:
+    """A YAML double-quoted scalar (JSON is valid YAML) with Compose's `$` interpolation escaped."""
+    return json.dumps(str(value)).replace("$", "$$")
+
+
+def render_compose(view: ComposeView) -> str:
+    """A Compose file (compose.yaml) that builds and runs the lab `view` describes."""
+    environment = _environment(HTML_TEMPLATE_DIR)
+    environment.filters["q"] = _compose_quote
+    return environment.get_template("compose.yaml.j2").render(view=view)

@@ -17,28 +17,10 @@ from lab.docker_ops import Engine
 from lab.pytest_plugin import unique_name
 
 
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session", autouse=True)
-def swept(lab_engine: Engine) -> None:
-    """Remove test labs left behind by earlier runs whose process is gone (a killed session)."""
-    stale: set[str] = set()
-    for resource in lab_engine.containers(labels.any_lab_filter()) + lab_engine.networks(
-        labels.any_lab_filter()
-    ):
-        found = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
-        if found.get(labels.SESSION, "").startswith("pytest-") and not _pid_alive(found.get(labels.PID, "")):
-            stale.add(found[labels.NAME])
-    for name in stale:
-        orchestrator.remove_lab(lab_engine, name)
+def engine_required(lab_engine: Engine) -> None:
+    """Every integration test needs the engine: without one it skips (and fails under CI=true).
+    Asking for it first also sweeps labs left by crashed sessions (the lab pytest plugin does)."""
 
 
 @dataclass
