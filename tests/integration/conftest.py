@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from lab import lab as orchestrator
 from lab import labels
@@ -61,3 +63,14 @@ def write_site(directory: Path, *, dockerfile: str | None = None, body: str = "<
     if dockerfile is not None:
         (directory / "Dockerfile").write_text(dockerfile)
     return directory
+
+
+def served_by(url: str, n: int) -> collections.Counter[str]:
+    """Which replicas answered n GETs through the load balancer (each must be a 200)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with requests.Session() as session:
+        for _ in range(n):
+            response = session.get(url, timeout=5)
+            assert response.status_code == 200
+            counts[response.headers["X-Served-By"]] += 1
+    return counts

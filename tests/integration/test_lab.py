@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import signal
 import socket
@@ -24,27 +23,17 @@ from lab.pytest_plugin import LabHandle, free_port, unique_name
 from lab.render import nginx_view, render_nginx_conf
 from lab.spec import LabSpec
 
-from .conftest import leftovers, run_lab, write_site
-
-
-def spread(url: str, n: int) -> collections.Counter[str]:
-    counts: collections.Counter[str] = collections.Counter()
-    with requests.Session() as session:
-        for _ in range(n):
-            response = session.get(url, timeout=5)
-            assert response.status_code == 200
-            counts[response.headers["X-Served-By"]] += 1
-    return counts
+from .conftest import leftovers, run_lab, served_by, write_site
 
 
 def test_thirty_requests_reach_all_three_replicas(lab_cluster: Callable[..., LabHandle]) -> None:
     lab = lab_cluster(replicas=3)
-    counts = spread(lab.url, 30)
+    counts = served_by(lab.url, 30)
     assert set(counts) == set(lab.replicas)
     assert sum(counts.values()) == 30
     response = requests.get(lab.url, timeout=5)
-    served_by = response.headers["X-Served-By"]
-    assert served_by in response.text  # the page a person opens names its replica too
+    replica = response.headers["X-Served-By"]
+    assert replica in response.text  # the page a person opens names its replica too
     assert response.headers["X-Upstream-Addr"].endswith(":80")
     assert response.headers["Server"] == "nginx"  # server_tokens off: no version
     assert requests.get(lab.url + "lab/health", timeout=5).text == "ok\n"
@@ -123,11 +112,11 @@ def test_down_removes_everything_and_is_idempotent(lab_name: str, lab_engine: En
 def test_two_labs_run_side_by_side(lab_cluster: Callable[..., LabHandle], lab_engine: Engine) -> None:
     one = lab_cluster(replicas=2)
     two = lab_cluster(replicas=3)
-    assert set(spread(one.url, 10)) == set(one.replicas)
-    assert set(spread(two.url, 12)) == set(two.replicas)
+    assert set(served_by(one.url, 10)) == set(one.replicas)
+    assert set(served_by(two.url, 12)) == set(two.replicas)
     orchestrator.down(lab_engine, one.name)
     assert leftovers(lab_engine, one.name) == (0, 0)
-    assert set(spread(two.url, 12)) == set(two.replicas)
+    assert set(served_by(two.url, 12)) == set(two.replicas)
 
 
 def test_port_in_use_is_refused_and_nothing_is_left(lab_name: str, lab_engine: Engine) -> None:
@@ -149,7 +138,7 @@ def test_a_second_up_with_the_same_name_is_refused_and_the_lab_keeps_serving(
     result = run_lab("up", "--name", lab.name, "--port", str(free_port()), "-q")
     assert result.code == 2 and "already up" in result.stderr
     assert leftovers(lab_engine, lab.name) == (3, 2)
-    assert set(spread(lab.url, 6)) == set(lab.replicas)
+    assert set(served_by(lab.url, 6)) == set(lab.replicas)
 
 
 def test_a_failing_build_shows_its_error_and_rolls_back(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,7 @@ from lab.docker_ops import Engine
 from lab.errors import BuildFailed, DeployFailed
 from lab.pytest_plugin import LabHandle
 
-from .conftest import run_lab, write_site
-
-
-def served_by(url: str, n: int) -> collections.Counter[str]:
-    counts: collections.Counter[str] = collections.Counter()
-    with requests.Session() as session:
-        for _ in range(n):
-            response = session.get(url, timeout=5)
-            assert response.status_code == 200
-            counts[response.headers["X-Served-By"]] += 1
-    return counts
+from .conftest import run_lab, served_by, write_site
 
 
 def versions(url: str, n: int) -> set[str]:
