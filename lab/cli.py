@@ -158,14 +158,21 @@ def scale(name: str, replicas: str) -> None:
 
 @cli.command()
 @name_option
-@click.option("--site", default=None, help="Directory of the new site version (default: the current site, rebuilt).")
+@click.option(
+    "--site", default=None, help="Directory of the new site version (default: the current site, rebuilt)."
+)
 @click.option("--batch", default="1", show_default=True, help="Replicas replaced at a time.")
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
 def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
     with ui.progress_bar(f"deploy to {name}") as progress:
         version = live.deploy(
-            Engine.connect(), name, site=site, batch=batch, tag=tag, on_event=lambda step: progress(step, None)
+            Engine.connect(),
+            name,
+            site=site,
+            batch=batch,
+            tag=tag,
+            on_event=lambda step: progress(step, None),
         )
     ui.out.print(f"lab {name} serves version {version} on every replica")
 

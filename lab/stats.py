@@ -526,3 +526,40 @@ def _judge_sticky(
         # ip_hash keys on the address nginx sees; the realip module must be fed X-Forwarded-For.
         reason += "; ip_hash saw one client address for all clients"
     return Judgement("skewed", reason, test)
+
+
+# ---------------------------------------------------------------------------------------------
+# least_conn under uneven load
+
+
+def slow_gets_less(
+    replicas: Sequence[str], observed: Sequence[int], mean_latency: Sequence[float]
+) -> Judgement | None:
+    """least_conn sends fewer requests where they take longer: an uneven spread is right when the
+    slowest replica got the smallest share and shares fall as latency rises (Spearman rho < 0).
+
+    Returns a "balanced" Judgement when that holds, None when it does not (or cannot be told).
+    """
+    if len(replicas) < 2 or len(set(mean_latency)) < 2 or sum(observed) == 0:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(mean_latency, observed).statistic)
+    slowest = max(range(len(replicas)), key=lambda i: mean_latency[i])
+    smallest = min(range(len(replicas)), key=lambda i: observed[i])
+    test = {
+        "test": "slow_gets_less",
+        "spearman_rho": rho,
+        "slowest": replicas[slowest],
+        "mean_latency_ms": [round(x * 1000, 3) for x in mean_latency],
+        "observed": list(observed),
+        "passed": rho < 0 and slowest == smallest,
+    }
+    if not test["passed"]:
+        return None
+    share = observed[slowest] / sum(observed)
+    reason = (
+        f"least_conn sent less to slower replicas: the slowest, {replicas[slowest]} "
+        f"({mean_latency[slowest] * 1000:.1f} ms on average), got {share:.1%} (Spearman rho {rho:.2f})"
+    )
+    return Judgement("balanced", reason, test)

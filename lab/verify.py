@@ -195,6 +195,12 @@ def verify(
         retries=tally.upstream_retries,
         alpha=alpha,
     )
+    if target.method == "least_conn" and judgement.verdict == "skewed":
+        # An uneven spread is least_conn doing its job if the slower replicas got less.
+        histograms = [tally.latency_by_replica.get(r) for r in replicas]
+        means = [h.mean if h is not None and h.count else 0.0 for h in histograms]
+        observed_counts = [tally.by_replica.get(r, 0) for r in replicas]
+        judgement = stats.slow_gets_less(replicas, observed_counts, means) or judgement
     shares = _expected(target.method, replicas, weights, backup, per_client)
     log_check = (
         cross_check_access_log(engine, target.lab, run_id, started, tally)

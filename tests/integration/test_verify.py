@@ -211,3 +211,15 @@ def test_a_load_balancer_dying_mid_run_is_counted_and_failed(lab_cluster, lab_en
     assert result.verdict == "failed"
     assert result.errors > 0 and result.ok > 0
     assert sum(result.errors_by_cause.values()) == result.errors
+
+
+def test_least_conn_sends_less_to_a_slow_replica(lab_cluster, lab_engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    lab = lab_cluster(replicas=3, algorithm="least_conn")
+    slow = next(c for c in live.serving_members(lab_engine, lab.name) if c.name == lab.replicas[0])
+    slow.update(cpu_period=100_000, cpu_quota=2_000)  # 2% of a core: it answers, slowly
+    result = verify_lab(lab_engine, lab.name, requests=3000, concurrency=16)
+    assert result.errors == 0
+    shares = {name: r.share for name, r in result.replicas.items()}
+    assert shares[lab.replicas[0]] < min(shares[lab.replicas[1]], shares[lab.replicas[2]])
+    assert result.verdict == "balanced", result.reason
+    assert result.test["test"] in ("slow_gets_less", "chi_square")

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from lab import stats
 from lab.stats import (
     METHODS,
     LatencyHistogram,
@@ -286,3 +287,14 @@ def test_empty_histogram_and_bad_input() -> None:
         h.record(-1.0)
     with pytest.raises(ValueError):
         h.percentile(101)
+
+
+def test_least_conn_may_send_less_to_a_slow_replica() -> None:
+    judged = stats.slow_gets_less(["a", "b", "c"], [200, 400, 400], [0.020, 0.004, 0.005])
+    assert judged is not None and judged.verdict == "balanced"
+    assert "a" in judged.reason and judged.test["slowest"] == "a"
+
+
+def test_an_uneven_spread_that_does_not_follow_latency_is_not_excused() -> None:
+    assert stats.slow_gets_less(["a", "b", "c"], [500, 250, 250], [0.020, 0.004, 0.005]) is None
+    assert stats.slow_gets_less(["a", "b"], [10, 20], [0.01, 0.01]) is None
