@@ -12,9 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lab.experiment import Check, ExperimentResult
-from lab.render import render_html
-from lab.report import (
+from lab.charts import (
     BAR,
     GRID,
     INK,
@@ -25,11 +23,13 @@ from lab.report import (
     Line,
     Rect,
     Text,
-    _clip,
-    _r,
-    _ticks,
+    clip_label,
     nice_step,
+    px,
+    ticks,
 )
+from lab.experiment import Check, ExperimentResult
+from lab.render import render_html
 from lab.traffic import Second
 
 OK_COLOUR = BAR
@@ -268,32 +268,32 @@ def timeline_chart(
     )
     chart = Chart("timeline", "Requests per second and who answered them", desc, width, height, plot)
     # Panel 1: y grid and labels, stacked bars
-    for v in _ticks(y_top, step):
-        y = _r(y_of(v))
-        chart.grid.append(Line(plot.x, y, _r(plot.x + plot.width), y, GRID))
-        chart.texts.append(Text(_r(plot.x - 8), _r(y + 5), f"{v:,.0f}", "end", _FONT, MUTED))
-    mid = _r(top + bars_height / 2)
+    for v in ticks(y_top, step):
+        y = px(y_of(v))
+        chart.grid.append(Line(plot.x, y, px(plot.x + plot.width), y, GRID))
+        chart.texts.append(Text(px(plot.x - 8), px(y + 5), f"{v:,.0f}", "end", _FONT, MUTED))
+    mid = px(top + bars_height / 2)
     chart.texts.append(
         Text(16, mid, "requests / s", size=_FONT, fill=MUTED, transform=f"rotate(-90 16 {mid})")
     )
     bar_w = max(1.0, slot * 0.8)
     for s in timeline:
-        x = _r(x_of(s.t) + (slot - bar_w) / 2)
+        x = px(x_of(s.t) + (slot - bar_w) / 2)
         ok_top = y_of(s.ok)
         if s.ok:
             chart.bars.append(
                 Rect(
-                    x, _r(ok_top), _r(bar_w), _r(base - ok_top), OK_COLOUR, f"second {s.t}: {s.ok:,} answered"
+                    x, px(ok_top), px(bar_w), px(base - ok_top), OK_COLOUR, f"second {s.t}: {s.ok:,} answered"
                 )
             )
         if s.errors:
             err_top = y_of(s.ok + s.errors)
             causes = ", ".join(f"{k} {v:,}" for k, v in s.errors_by_cause.items() if v)
             chart.bars.append(
-                Rect(x, _r(err_top), _r(bar_w), _r(ok_top - err_top), ERROR_COLOUR,
+                Rect(x, px(err_top), px(bar_w), px(ok_top - err_top), ERROR_COLOUR,
                      f"second {s.t}: {s.errors:,} failed ({causes})")
             )  # fmt: skip
-    chart.grid.append(Line(plot.x, _r(base), _r(plot.x + plot.width), _r(base), INK, 1.5))
+    chart.grid.append(Line(plot.x, px(base), px(plot.x + plot.width), px(base), INK, 1.5))
     # Panel 2: one lane per replica (and one for retries)
     row = 0
     if retried_lane:
@@ -303,7 +303,7 @@ def timeline_chart(
             if s.retried:
                 fill = _shade(RETRY_COLOUR, s.retried / most)
                 chart.bars.append(
-                    Rect(_r(x_of(s.t)), _r(lanes_top + 1), _r(slot), _r(lane_h - 2), fill,
+                    Rect(px(x_of(s.t)), px(lanes_top + 1), px(slot), px(lane_h - 2), fill,
                          f"second {s.t}: {s.retried:,} retried on a fresh connection")
                 )  # fmt: skip
         row = 1
@@ -311,27 +311,27 @@ def timeline_chart(
     for i, (name, label) in enumerate(lanes, start=row):
         y = lanes_top + i * lane_h
         # The lane's pale background goes first among the bars, so its cells are drawn over it.
-        chart.bars.append(Rect(plot.x, _r(y + 1), _r(plot.width), _r(lane_h - 2), LANE_EMPTY, name))
+        chart.bars.append(Rect(plot.x, px(y + 1), px(plot.width), px(lane_h - 2), LANE_EMPTY, name))
         _lane_label(chart, label, y, lane_h, lane_font)
         for s in timeline:
             n = s.by_replica.get(name, 0)
             if n:
                 share = n / s.ok
                 chart.bars.append(
-                    Rect(_r(x_of(s.t)), _r(y + 1), _r(slot), _r(lane_h - 2), _shade(OK_COLOUR, share / top_share),
+                    Rect(px(x_of(s.t)), px(y + 1), px(slot), px(lane_h - 2), _shade(OK_COLOUR, share / top_share),
                          f"{name}, second {s.t}: {n:,} answers ({share:.1%} of that second)")
                 )  # fmt: skip
     # The time axis
-    axis_y = _r(lanes_top + lanes_height + 4)
+    axis_y = px(lanes_top + lanes_height + 4)
     t_step = nice_step(seconds, max_ticks=12)
-    for v in _ticks(seconds if seconds % t_step == 0 else seconds - seconds % t_step, t_step):
-        x = _r(x_of(v))
-        chart.grid.append(Line(x, _r(base), x, axis_y, GRID))
-        chart.texts.append(Text(x, _r(axis_y + 18), f"{v:g}", size=_FONT, fill=MUTED))
+    for v in ticks(seconds if seconds % t_step == 0 else seconds - seconds % t_step, t_step):
+        x = px(x_of(v))
+        chart.grid.append(Line(x, px(base), x, axis_y, GRID))
+        chart.texts.append(Text(x, px(axis_y + 18), f"{v:g}", size=_FONT, fill=MUTED))
     chart.texts.append(
         Text(
-            _r(plot.x + plot.width / 2),
-            _r(height - 6),
+            px(plot.x + plot.width / 2),
+            px(height - 6),
             "seconds since the load started",
             size=_FONT,
             fill=MUTED,
@@ -351,7 +351,7 @@ def lane_names(result: ExperimentResult) -> tuple[list[str], str]:
 
 def _lane_label(chart: Chart, label: str, y: float, lane_h: float, font: float) -> None:
     chart.texts.append(
-        Text(_r(chart.plot.x - 8), _r(y + lane_h / 2 + font * 0.35), _clip(label), "end", font, INK)
+        Text(px(chart.plot.x - 8), px(y + lane_h / 2 + font * 0.35), clip_label(label), "end", font, INK)
     )
 
 
@@ -363,7 +363,7 @@ def _event_markers(
     last_end = [-math.inf] * _MAX_LABEL_ROWS
     shown: set[int] = set()
     for number, event in enumerate(result.events, start=1):
-        x = _r(min(max(x_of(event.t), chart.plot.x), chart.plot.x + chart.plot.width))
+        x = px(min(max(x_of(event.t), chart.plot.x), chart.plot.x + chart.plot.width))
         is_step = event.source == "step"
         colour = STEP_COLOUR if is_step else EVENT_COLOUR
         text = str(number)
@@ -372,14 +372,14 @@ def _event_markers(
             if x - half > last_end[row]:
                 last_end[row] = x + half
                 y = 14.0 + _LABEL_ROW * row + 12
-                chart.texts.append(Text(x, _r(y), text, size=13, fill=colour, bold=is_step))
+                chart.texts.append(Text(x, px(y), text, size=13, fill=colour, bold=is_step))
                 top = y + 4
                 shown.add(number)
                 break
         else:
             top = chart.plot.y
         chart.marks.append(
-            Line(x, _r(top), x, bottom, colour, 2.0 if is_step else 1.2, "" if is_step else "4 3")
+            Line(x, px(top), x, bottom, colour, 2.0 if is_step else 1.2, "" if is_step else "4 3")
         )
     return shown
 

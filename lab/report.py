@@ -10,19 +10,34 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from lab.charts import (
+    BAR,
+    BAR_FLAGGED,
+    EXPECTED,
+    GRID,
+    INK,
+    MAX_LABEL_CHARS,
+    MUTED,
+    Badge,
+    Chart,
+    KeyNumber,
+    Line,
+    Rect,
+    Text,
+    ceil_125,
+    clip_label,
+    floor_125,
+    nice_step,
+    px,
+    ticks,
+    ticks_125,
+)
 from lab.render import render_html
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
 
-INK = "#1f2328"  # text
-MUTED = "#57606a"
-GRID = "#d8dee4"
-AXIS = "#8c959f"
-BAR = "#2f6db5"
-BAR_FLAGGED = "#c2410c"  # a replica with errors, or traffic where none (or none where some) was due
-EXPECTED = INK
 HISTOGRAM = "#4a78b8"
 PERCENTILE_COLOURS = {"p50": "#1a7f37", "p95": "#9a5b00", "p99": "#b3261e"}
 
@@ -45,83 +60,10 @@ METHOD_LABELS = {
 
 MAX_VERTICAL_BARS = 16  # more replicas than this get one horizontal bar per row
 _CHAR_WIDTH = 0.6  # average glyph width of a sans-serif font, in font sizes
-_MAX_LABEL_CHARS = 28
-
-
-# ---------------------------------------------------------------------------------------------
-# Chart primitives: what the template's SVG macro draws, in user units of the chart's viewBox
-
-
-@dataclass(frozen=True)
-class Rect:
-    x: float
-    y: float
-    width: float
-    height: float
-    fill: str
-    title: str = ""  # a tooltip, and what a screen reader says for the bar
-
-
-@dataclass(frozen=True)
-class Line:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    stroke: str = AXIS
-    width: float = 1.0
-    dash: str = ""
-
-
-@dataclass(frozen=True)
-class Text:
-    x: float
-    y: float
-    text: str
-    anchor: str = "middle"  # start | middle | end
-    size: float = 14.0
-    fill: str = INK
-    bold: bool = False
-    transform: str = ""
-
-
-@dataclass(frozen=True)
-class Chart:
-    """One SVG: grid lines under bars, marks over them, then legend shapes and text."""
-
-    id: str
-    title: str
-    desc: str
-    width: float
-    height: float
-    plot: Rect  # the area the data lives in; every bar stays inside it
-    grid: list[Line] = field(default_factory=list)
-    bars: list[Rect] = field(default_factory=list)
-    marks: list[Line] = field(default_factory=list)
-    shapes: list[Rect] = field(default_factory=list)
-    texts: list[Text] = field(default_factory=list)
-    orientation: str = "vertical"
 
 
 # ---------------------------------------------------------------------------------------------
 # Page view models
-
-
-@dataclass(frozen=True)
-class Badge:
-    label: str
-    background: str
-    colour: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class KeyNumber:
-    label: str
-    value: str
-    unit: str = ""
-    detail: str = ""
-    alert: bool = False
 
 
 @dataclass(frozen=True)
@@ -570,7 +512,7 @@ def _vertical_shares(
 ) -> Chart:
     n = max(1, len(replicas))
     font = 15.0 if detailed else 14.0
-    label_chars = min(_MAX_LABEL_CHARS, max([len(s) for s in labels] + [1]))
+    label_chars = min(MAX_LABEL_CHARS, max([len(s) for s in labels] + [1]))
     left, right = (70.0, 16.0) if detailed else (46.0, 8.0)
     top = 64.0 if detailed else 14.0
     slot = (width - left - right) / n
@@ -599,27 +541,27 @@ def _vertical_shares(
         top_y = y_of(r.share)
         chart.bars.append(
             Rect(
-                _r(centre - bar_w / 2), _r(top_y), _r(bar_w), _r(base - top_y), _bar_colour(r), _bar_title(r)
+                px(centre - bar_w / 2), px(top_y), px(bar_w), px(base - top_y), _bar_colour(r), _bar_title(r)
             )
         )
         marker_w = bar_w + min(slot * 0.3, 24) if n <= MAX_VERTICAL_BARS else slot  # many: one step line
-        ey = _r(y_of(r.expected_share))
+        ey = px(y_of(r.expected_share))
         chart.marks.append(
             Line(
-                _r(centre - marker_w / 2),
+                px(centre - marker_w / 2),
                 ey,
-                _r(centre + marker_w / 2),
+                px(centre + marker_w / 2),
                 ey,
                 EXPECTED,
                 3.0 if detailed else 2.0,
             )
         )
         if show_labels:
-            chart.texts.append(_category_label(_clip(label), centre, base, font, rotate))
+            chart.texts.append(_category_label(clip_label(label), centre, base, font, rotate))
         if detailed:
             above = min(top_y, ey - 1.5) - 8
             value = f"{r.count:,} · {_percent(r.share)}" if slot >= 130 else f"{r.count:,}"
-            chart.texts.append(Text(_r(centre), _r(above), value, size=font - 1, bold=True))
+            chart.texts.append(Text(px(centre), px(above), value, size=font - 1, bold=True))
     chart.grid.append(Line(plot.x, base, plot.x + plot.width, base, INK, 1.5))
     if detailed:
         _legend(chart, plot.x + plot.width, 22.0, flagged=any(b.fill == BAR_FLAGGED for b in chart.bars))
@@ -628,8 +570,8 @@ def _vertical_shares(
 
 def _category_label(label: str, centre: float, base: float, font: float, rotate: bool) -> Text:
     if not rotate:
-        return Text(_r(centre), _r(base + font + 6), label, size=font)
-    x, y = _r(centre + font * 0.35), _r(base + 10)
+        return Text(px(centre), px(base + font + 6), label, size=font)
+    x, y = px(centre + font * 0.35), px(base + 10)
     return Text(x, y, label, anchor="end", size=font, transform=f"rotate(-45 {x} {y})")
 
 
@@ -644,7 +586,7 @@ def _horizontal_shares(
     n = len(replicas)
     row = max(17.0, min(30.0, 640.0 / n))
     font = min(15.0, row * 0.78)
-    label_chars = min(_MAX_LABEL_CHARS, max(len(s) for s in labels))
+    label_chars = min(MAX_LABEL_CHARS, max(len(s) for s in labels))
     left = 24.0 + label_chars * _CHAR_WIDTH * font
     right = 150.0  # room for "12,345 · 33.3%" after the longest bar
     top, bottom = 64.0, 44.0
@@ -656,28 +598,28 @@ def _horizontal_shares(
         return plot.x + share / axis_top * plot.width
 
     chart = Chart(chart_id, title, desc, width, height, plot, orientation="horizontal")
-    for v in _ticks(axis_top, step):
-        x = _r(x_of(v))
+    for v in ticks(axis_top, step):
+        x = px(x_of(v))
         chart.grid.append(Line(x, plot.y, x, plot.y + plot.height, GRID))
         chart.texts.append(
-            Text(x, _r(plot.y + plot.height + 22), _tick_percent(v, step), size=14, fill=MUTED)
+            Text(x, px(plot.y + plot.height + 22), _tick_percent(v, step), size=14, fill=MUTED)
         )
     chart.texts.append(
-        Text(_r(plot.x + plot.width / 2), _r(height - 4), "share of successful requests", size=14, fill=MUTED)
+        Text(px(plot.x + plot.width / 2), px(height - 4), "share of successful requests", size=14, fill=MUTED)
     )
     bar_h = row * 0.72
     for i, (r, label) in enumerate(zip(replicas, labels, strict=True)):
         middle = plot.y + row * (i + 0.5)
         end = x_of(r.share)
         chart.bars.append(
-            Rect(plot.x, _r(middle - bar_h / 2), _r(end - plot.x), _r(bar_h), _bar_colour(r), _bar_title(r))
+            Rect(plot.x, px(middle - bar_h / 2), px(end - plot.x), px(bar_h), _bar_colour(r), _bar_title(r))
         )
-        ex = _r(x_of(r.expected_share))
-        chart.marks.append(Line(ex, _r(middle - row / 2 + 1), ex, _r(middle + row / 2 - 1), EXPECTED, 2.5))
-        baseline = _r(middle + font * 0.35)
-        chart.texts.append(Text(_r(plot.x - 8), baseline, _clip(label), anchor="end", size=font))
+        ex = px(x_of(r.expected_share))
+        chart.marks.append(Line(ex, px(middle - row / 2 + 1), ex, px(middle + row / 2 - 1), EXPECTED, 2.5))
+        baseline = px(middle + font * 0.35)
+        chart.texts.append(Text(px(plot.x - 8), baseline, clip_label(label), anchor="end", size=font))
         value = f"{r.count:,} · {_percent(r.share)}"
-        chart.texts.append(Text(_r(max(end, ex) + 8), baseline, value, anchor="start", size=font - 1))
+        chart.texts.append(Text(px(max(end, ex) + 8), baseline, value, anchor="start", size=font - 1))
     chart.grid.append(Line(plot.x, plot.y, plot.x, plot.y + plot.height, INK, 1.5))
     flagged = any(b.fill == BAR_FLAGGED for b in chart.bars)
     _legend(chart, plot.x + plot.width + right - 8, 22.0, flagged=flagged)
@@ -691,33 +633,33 @@ def _share_ticks(
     detailed: bool,
     line_at: Callable[[float], tuple[float, float, float, float]],
 ) -> None:
-    ticks = _ticks(axis_top, step)
+    values = ticks(axis_top, step)
     if not detailed:
-        ticks = [ticks[-1]]
-    for v in ticks:
+        values = [values[-1]]
+    for v in values:
         x1, y, x2, _ = line_at(v)
-        chart.grid.append(Line(_r(x1), _r(y), _r(x2), _r(y), GRID))
+        chart.grid.append(Line(px(x1), px(y), px(x2), px(y), GRID))
         size = 14.0 if detailed else 13.0
         chart.texts.append(
-            Text(_r(x1 - 8), _r(y + size * 0.35), _tick_percent(v, step), anchor="end", size=size, fill=MUTED)
+            Text(px(x1 - 8), px(y + size * 0.35), _tick_percent(v, step), anchor="end", size=size, fill=MUTED)
         )
 
 
 def _legend(chart: Chart, right_edge: float, y: float, flagged: bool) -> None:
     """Legend in the top right corner: swatches for observed (and flagged) bars, a line for expected."""
     x = right_edge - (640 if flagged else 330)
-    chart.shapes.append(Rect(_r(x), _r(y - 11), 22, 14, BAR))
-    chart.texts.append(Text(_r(x + 30), _r(y + 1), "observed share", anchor="start", size=15))
+    chart.shapes.append(Rect(px(x), px(y - 11), 22, 14, BAR))
+    chart.texts.append(Text(px(x + 30), px(y + 1), "observed share", anchor="start", size=15))
     if flagged:
         x += 170
-        chart.shapes.append(Rect(_r(x), _r(y - 11), 22, 14, BAR_FLAGGED))
+        chart.shapes.append(Rect(px(x), px(y - 11), 22, 14, BAR_FLAGGED))
         chart.texts.append(
-            Text(_r(x + 30), _r(y + 1), "errors, or share not as due", anchor="start", size=15)
+            Text(px(x + 30), px(y + 1), "errors, or share not as due", anchor="start", size=15)
         )
         x += 120
     lx = x + 180
-    chart.marks.append(Line(_r(lx), _r(y - 4), _r(lx + 24), _r(y - 4), EXPECTED, 3.0))
-    chart.texts.append(Text(_r(lx + 32), _r(y + 1), "expected share", anchor="start", size=15))
+    chart.marks.append(Line(px(lx), px(y - 4), px(lx + 24), px(y - 4), EXPECTED, 3.0))
+    chart.texts.append(Text(px(lx + 32), px(y + 1), "expected share", anchor="start", size=15))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,25 +711,25 @@ def latency_histogram_chart(
 
     desc = latency_caption(latency, sum(b.count for b in bars))
     chart = Chart(chart_id, "Latency histogram (log scale)", desc, width, height, plot)
-    for v in _ticks(count_top, step):
-        y = _r(base - v / count_top * plot.height)
+    for v in ticks(count_top, step):
+        y = px(base - v / count_top * plot.height)
         chart.grid.append(Line(plot.x, y, plot.x + plot.width, y, GRID))
-        chart.texts.append(Text(_r(plot.x - 8), _r(y + 5), f"{v:,.0f}", anchor="end", size=14, fill=MUTED))
+        chart.texts.append(Text(px(plot.x - 8), px(y + 5), f"{v:,.0f}", anchor="end", size=14, fill=MUTED))
     for tick in ticks_125(axis_low, axis_high):
-        x = _r(x_of(tick))
+        x = px(x_of(tick))
         chart.grid.append(Line(x, plot.y, x, base + 5, GRID))
-        chart.texts.append(Text(x, _r(base + 22), _ms(tick, tick=True), size=14, fill=MUTED))
+        chart.texts.append(Text(x, px(base + 22), _ms(tick, tick=True), size=14, fill=MUTED))
     chart.texts.append(
-        Text(_r(plot.x + plot.width / 2), _r(height - 6), "latency (ms, log scale)", size=14, fill=MUTED)
+        Text(px(plot.x + plot.width / 2), px(height - 6), "latency (ms, log scale)", size=14, fill=MUTED)
     )
     chart.texts.append(
         Text(
             16,
-            _r(plot.y + plot.height / 2),
+            px(plot.y + plot.height / 2),
             "requests",
             size=14,
             fill=MUTED,
-            transform=f"rotate(-90 16 {_r(plot.y + plot.height / 2)})",
+            transform=f"rotate(-90 16 {px(plot.y + plot.height / 2)})",
         )
     )
     for lo, hi, count in zip(edges, edges[1:], counts, strict=False):
@@ -797,7 +739,7 @@ def latency_histogram_chart(
         h = count / count_top * plot.height
         title = f"{_ms(lo)} – {_ms(hi)}: {round(count):,} requests"
         chart.bars.append(
-            Rect(_r(x1 + 0.5), _r(base - h), _r(max(1.0, x2 - x1 - 1)), _r(h), HISTOGRAM, title)
+            Rect(px(x1 + 0.5), px(base - h), px(max(1.0, x2 - x1 - 1)), px(h), HISTOGRAM, title)
         )
     chart.grid.append(Line(plot.x, base, plot.x + plot.width, base, INK, 1.5))
     if latency is not None:
@@ -808,14 +750,14 @@ def latency_histogram_chart(
 def _percentile_lines(chart: Chart, latency: Latency, x_of: Callable[[float], float]) -> None:
     plot = chart.plot
     for row, (name, value) in enumerate((("p50", latency.p50), ("p95", latency.p95), ("p99", latency.p99))):
-        x = _r(min(max(x_of(value), plot.x), plot.x + plot.width)) if value > 0 else plot.x
+        x = px(min(max(x_of(value), plot.x), plot.x + plot.width)) if value > 0 else plot.x
         colour = PERCENTILE_COLOURS[name]
         label_y = 22.0 + row * 19
-        chart.marks.append(Line(x, _r(label_y + 5), x, plot.y + plot.height, colour, 2.5, "7 4"))
+        chart.marks.append(Line(x, px(label_y + 5), x, plot.y + plot.height, colour, 2.5, "7 4"))
         near_right = x > plot.x + plot.width - 160
         tx = x - 6 if near_right else x + 6
         text = f"{name} {_ms(value)}"
-        chart.texts.append(Text(_r(tx), label_y, text, "end" if near_right else "start", 15, colour, True))
+        chart.texts.append(Text(px(tx), label_y, text, "end" if near_right else "start", 15, colour, True))
 
 
 def rebin_log(bars: Sequence[HistogramBar], edges: Sequence[float]) -> list[float]:
@@ -832,58 +774,6 @@ def rebin_log(bars: Sequence[HistogramBar], edges: Sequence[float]) -> list[floa
             if overlap > 0:
                 counts[k] += bar.count * overlap / (hi - lo)
     return counts
-
-
-# ---------------------------------------------------------------------------------------------
-# Axis arithmetic and formats
-
-
-def nice_step(span: float, max_ticks: int = 5) -> float:
-    """The smallest 1, 2, 2.5 or 5 x 10^k with at most `max_ticks` steps covering `span`."""
-    if span <= 0:
-        return 1.0
-    raw = span / max_ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 2.5, 5, 10):
-        if m * magnitude >= raw * (1 - 1e-9):
-            return m * magnitude
-    return 10 * magnitude
-
-
-def _ticks(top: float, step: float) -> list[float]:
-    return [k * step for k in range(round(top / step) + 1)]
-
-
-def floor_125(value: float) -> float:
-    """The largest 1, 2 or 5 x 10^k at or below `value` (> 0)."""
-    magnitude = 10 ** math.floor(math.log10(value))
-    return next(m * magnitude for m in (5, 2, 1, 0.5) if m * magnitude <= value * (1 + 1e-9))
-
-
-def ceil_125(value: float) -> float:
-    """The smallest 1, 2 or 5 x 10^k at or above `value` (> 0)."""
-    magnitude = 10 ** math.floor(math.log10(value))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= value * (1 - 1e-9))
-
-
-def ticks_125(low: float, high: float) -> list[float]:
-    """1-2-5 ticks from `low` to `high`; only powers of ten when that would be more than 10."""
-    ticks: list[float] = []
-    magnitude = 10 ** math.floor(math.log10(low))
-    while magnitude <= high * (1 + 1e-9):
-        ticks += [m * magnitude for m in (1, 2, 5) if low * (1 - 1e-9) <= m * magnitude <= high * (1 + 1e-9)]
-        magnitude *= 10
-    if len(ticks) > 10:
-        ticks = [t for t in ticks if math.isclose(10 ** round(math.log10(t)), t)] or ticks
-    return ticks
-
-
-def _r(value: float) -> float:
-    return round(value, 1)
-
-
-def _clip(label: str) -> str:
-    return label if len(label) <= _MAX_LABEL_CHARS else label[: _MAX_LABEL_CHARS - 1] + "…"
 
 
 def _percent(value: float) -> str:
