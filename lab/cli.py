@@ -15,7 +15,7 @@ from lab import lab as orchestrator
 from lab import live, ui
 from lab import report as reports
 from lab import verify as verifier
-from lab.docker_ops import Engine
+from lab.docker_ops import ENGINE_REFUSALS, Engine, refusal_message
 from lab.errors import ExitCode, InvalidInput, LabError
 from lab.images import ensure_base_images
 from lab.render import nginx_view, render_nginx_conf
@@ -456,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as exc:
         ui.error(exc.message, exc.detail)
         return exc.exit_code
+    except ENGINE_REFUSALS as exc:
+        ui.error(refusal_message(exc))
+        return ExitCode.FAILED
     return code if isinstance(code, int) else ExitCode.OK
 
 

@@ -23,6 +23,8 @@ from docker.models.networks import Network
 from lab.errors import BuildFailed, EngineUnavailable, LabError
 
 LineFn = Callable[[str], None]
+# What the engine raises when it refuses a request; the CLI shows it as one line.
+ENGINE_REFUSALS: tuple[type[Exception], ...] = (docker.errors.APIError,)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
 
 
@@ -250,14 +252,23 @@ class Engine:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(targets))) as pool:
             return sum(pool.map(remove, targets))
 
-    def remove_networks(self, networks: Iterable[Network]) -> int:
+    def remove_networks(self, networks: Iterable[Network], *, patience: float = 10.0) -> int:
+        """Remove networks; the engine may release a just-removed container's endpoint a moment
+        after the removal returned ("has active endpoints"), so that is retried for a while."""
         removed = 0
         for network in networks:
-            try:
-                network.remove()
-                removed += 1
-            except docker.errors.NotFound:
-                pass
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    network.remove()
+                    removed += 1
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as exc:
+                    if "active endpoints" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
         return removed
 
     def remove_volumes(self, filters: dict[str, list[str]]) -> int:
@@ -269,6 +280,11 @@ class Engine:
             except docker.errors.NotFound:
                 pass
         return removed
+
+
+def refusal_message(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None) or str(exc)
+    return f"the Docker engine refused: {_last_line(explanation)}"
 
 
 def _tail(lines: list[str], n: int = 15) -> str:
