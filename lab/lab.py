@@ -317,13 +317,13 @@ def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        with _sigint_ignored():  # a second Ctrl-C must not leave the rollback half done
+        with sigint_ignored():  # a second Ctrl-C must not leave the rollback half done
             remove_lab(engine, name)
         raise
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def sigint_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return

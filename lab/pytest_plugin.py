@@ -139,7 +139,7 @@ def running_lab(
         yield LabHandle(engine, spec, spec.replica_names())
     finally:
         if not (keep and came_up):
-            with orchestrator._sigint_ignored():  # a second Ctrl-C must not leave it half removed
+            with orchestrator.sigint_ignored():  # a second Ctrl-C must not leave it half removed
                 orchestrator.remove_lab(engine, spec.name)
 
 
