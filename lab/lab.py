@@ -100,7 +100,7 @@ def up(engine: Engine, spec: LabSpec, progress: ProgressFn = _quiet, *, timeout:
             lb = prepared.result()
         _start_load_balancer(engine, spec, lb, progress)
         wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
-    answered = "ok (answered through the load balancer)"
+    answered = "ok"  # each one has just answered through the load balancer
     return status(engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]})
 
 

@@ -97,18 +97,19 @@ def status_table(lab: LabStatus) -> Table:
 # lab verify / compare ------------------------------------------------------------------------
 _VERDICT_STYLE = {"balanced": "bold green", "skewed": "bold yellow", "failed": "bold red"}
 _BAR_WIDTH = 30
+_TABLE_WITHOUT_BAR = 84  # columns the verify table needs besides the bar and the names
 
 
 def verdict_exit_code(verdict: str) -> int:
     return {"balanced": ExitCode.OK, "skewed": ExitCode.SKEWED}.get(verdict, ExitCode.FAILED)
 
 
-def _bar(share: float, expected: float, scale: float) -> str:
+def _bar(share: float, expected: float, scale: float, width: int = _BAR_WIDTH) -> str:
     """A text bar of the observed share with a `|` where the expected share ends."""
-    filled = round(share / scale * _BAR_WIDTH) if scale else 0
-    mark = round(expected / scale * _BAR_WIDTH) if scale else 0
-    cells = ["█" if i < filled else " " for i in range(_BAR_WIDTH + 1)]
-    if 0 <= mark <= _BAR_WIDTH:
+    filled = round(share / scale * width) if scale else 0
+    mark = round(expected / scale * width) if scale else 0
+    cells = ["█" if i < filled else " " for i in range(width + 1)]
+    if 0 <= mark <= width:
         cells[mark] = "[bold magenta]|[/]" if cells[mark] == " " else "[magenta]▌[/]"
     return "".join(cells)
 
@@ -121,10 +122,16 @@ def verify_table(result: VerifyResult) -> Table:
     weights = f" weights {','.join(map(str, result.weights))}" if result.weights else ""
     title = f"{result.lab or result.url}: {result.method}{weights}, {result.requests:,} requests"
     table = Table(title=title, title_justify="left")
-    for column, justify in [("replica", "left"), ("count", "right"), ("share", "right"), ("expected", "right"),
-                            ("", "left"), ("p50 ms", "right"), ("p95 ms", "right"), ("p99 ms", "right"),
-                            ("5xx", "right"), ("access log", "right")]:  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    # Names are never cut; on a narrow terminal (or a pipe, 80 columns) the bar gives way first.
+    names = max((len(name) for name in result.replicas), default=8)
+    bar_width = min(_BAR_WIDTH, out.width - _TABLE_WITHOUT_BAR - names)
+    table.add_column("replica", no_wrap=True)
+    for column in ("count", "share", "expected"):
+        table.add_column(column, justify="right", no_wrap=True)
+    if bar_width >= 8:
+        table.add_column("", no_wrap=True)
+    for column in ("p50 ms", "p95 ms", "p99 ms", "5xx", "access log"):
+        table.add_column(column, justify="right")
     scale = max(
         [r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()]
     )
@@ -133,8 +140,9 @@ def verify_table(result: VerifyResult) -> Table:
         if r.access_log_count is not None and r.access_log_count != r.count:
             logged = f"[red]{logged}[/]"
         lat = r.latency_ms
+        bar = [_bar(r.share, r.expected_share, scale, bar_width)] if bar_width >= 8 else []
         table.add_row(
-            r.name, f"{r.count:,}", f"{r.share:.1%}", f"{r.expected_share:.1%}", _bar(r.share, r.expected_share, scale),
+            r.name, f"{r.count:,}", f"{r.share:.1%}", f"{r.expected_share:.1%}", *bar,
             _ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None),
             str(r.errors), logged,
         )  # fmt: skip
