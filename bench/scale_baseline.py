@@ -34,7 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from up import COMPOSE_IMAGE, COMPOSE_YAML, free_port, prepare_compose_images, run, wait_all_answered  # noqa: E402
+from up import (  # noqa: E402
+    COMPOSE_IMAGE,
+    COMPOSE_NGINX,
+    COMPOSE_YAML,
+    free_port,
+    prepare_compose_images,
+    run,
+    wait_all_answered,
+)
 
 from lab import lab as orchestrator  # noqa: E402
 from lab import traffic  # noqa: E402
@@ -55,23 +63,6 @@ from lab.spec import LabSpec  # noqa: E402
 
 PROJECT = "lab-scale-baseline"
 LAB_NAME = "bench-scale"
-# bench/up.py's naive config, plus X-Upstream-Addr so that nginx's attempts can be seen. Every
-# timeout is nginx's default, as in a config written without load balancing in mind.
-NAIVE_NGINX = """\
-user nginx;
-worker_processes auto;
-events { worker_connections 1024; }
-http {
-    upstream web { server web:80; keepalive 32; }
-    server {
-        listen 80;
-        location / {
-            proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection "";
-            add_header X-Upstream-Addr $upstream_addr always;
-        }
-    }
-}
-"""
 
 
 @dataclass
@@ -102,7 +93,7 @@ class ComposeProject:
         (workdir / "compose.yaml").write_text(
             COMPOSE_YAML.format(site_image=COMPOSE_IMAGE, nginx_image=nginx_image, port=port)
         )
-        (workdir / "nginx.conf").write_text(NAIVE_NGINX)
+        (workdir / "nginx.conf").write_text(COMPOSE_NGINX)
 
     def compose(self, *args: str) -> None:
         run(["docker-compose", "-p", PROJECT, *args], cwd=self.workdir)

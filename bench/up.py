@@ -46,7 +46,9 @@ networks:
   backend: {{internal: true}}
   frontend: {{}}
 """
-# The naive static config: the service name resolves to every replica when nginx starts.
+# The naive static config: the service name resolves to every replica when nginx starts. Every
+# timeout is nginx's default, as in a config written without load balancing in mind;
+# X-Upstream-Addr shows which addresses nginx tried.
 COMPOSE_NGINX = """\
 user nginx;
 worker_processes auto;
@@ -55,7 +57,10 @@ http {
     upstream web { server web:80; keepalive 32; }
     server {
         listen 80;
-        location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / {
+            proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection "";
+            add_header X-Upstream-Addr $upstream_addr always;
+        }
     }
 }
 """
