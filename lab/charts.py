@@ -148,3 +148,12 @@ def px(value: float) -> float:
 def clip_label(label: str) -> str:
     """Labels longer than MAX_LABEL_CHARS end in an ellipsis."""
     return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "…"
+
+
+UNKNOWN_VERDICT = ("Unknown", MUTED, "#ffffff")
+
+
+def verdict_badge(styles: dict[str, tuple[str, str, str]], verdict: str, reason: str) -> Badge:
+    """The coloured verdict badge; `styles` maps a verdict to (label, background, text colour)."""
+    label, background, colour = styles.get(verdict, UNKNOWN_VERDICT)
+    return Badge(label=label, background=background, colour=colour, reason=reason)

@@ -27,6 +27,7 @@ from lab.charts import (
     nice_step,
     px,
     ticks,
+    verdict_badge,
 )
 from lab.experiment import Check, ExperimentResult
 from lab.render import render_html
@@ -46,7 +47,6 @@ VERDICT_STYLES = {
     "lossy": ("Lossy", "#c62828", "#ffffff"),
     "failed": ("Failed", "#c62828", "#ffffff"),
 }
-_UNKNOWN = ("Unknown", MUTED, "#ffffff")
 
 KIND_LABELS = {
     "scale": "scale under load",
@@ -124,7 +124,7 @@ def render_experiment_report(result: ExperimentResult) -> str:
 
 
 def experiment_view(result: ExperimentResult) -> ExperimentView:
-    label, background, colour = VERDICT_STYLES.get(result.verdict, _UNKNOWN)
+    badge = verdict_badge(VERDICT_STYLES, result.verdict, result.reason)
     chart, on_chart = timeline_chart(result)
     short, prefix = lane_names(result)
     caption = (
@@ -136,13 +136,13 @@ def experiment_view(result: ExperimentResult) -> ExperimentView:
     if prefix:
         caption += f" Lanes are labelled without the lab's prefix “{prefix}”."
     return ExperimentView(
-        title=f"lab experiment {result.kind}: {result.lab} — {label}",
+        title=f"lab experiment {result.kind}: {result.lab} — {badge.label}",
         lab=result.lab,
         kind=KIND_LABELS.get(result.kind, result.kind),
         url=result.url,
         load=f"{_num(result.rate)} req/s for {_num(result.duration)} s, up to {result.concurrency} connections",
         options=[(k, _option(v)) for k, v in result.options.items()],
-        badge=Badge(label, background, colour, result.reason),
+        badge=badge,
         operation_error=result.operation_error,
         numbers=key_numbers(result),
         chart=chart,

@@ -34,6 +34,7 @@ from lab.charts import (
     px,
     ticks,
     ticks_125,
+    verdict_badge,
 )
 from lab.render import render_html
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
@@ -47,7 +48,6 @@ VERDICT_STYLES = {
     "skewed": ("Skewed", "#f0b429", INK),
     "failed": ("Failed", "#c62828", "#ffffff"),
 }
-_UNKNOWN_VERDICT = ("Unknown", MUTED, "#ffffff")
 
 METHOD_LABELS = {
     "round_robin": "round robin",
@@ -234,8 +234,7 @@ def weights_label(weights: Sequence[int]) -> str:
 
 
 def badge(result: VerifyResult) -> Badge:
-    label, background, colour = VERDICT_STYLES.get(result.verdict, _UNKNOWN_VERDICT)
-    return Badge(label=label, background=background, colour=colour, reason=result.reason)
+    return verdict_badge(VERDICT_STYLES, result.verdict, result.reason)
 
 
 def key_numbers(result: VerifyResult) -> list[KeyNumber]:
