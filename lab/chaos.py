@@ -72,7 +72,7 @@ def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> li
         apply_config(
             engine,
             lab,
-            lab.spec.with_changes(replicas=len(serving_members(engine, name)), weights=(), backup=None),
+            lab.spec.resized(len(serving_members(engine, name))),
         )
         if on_event:
             on_event(f"chaos: restored {', '.join(sorted(fixed))}")

@@ -27,7 +27,7 @@ from lab import chaos, live, traffic
 from lab import lab as orchestrator
 from lab.docker_ops import Engine
 from lab.errors import InvalidInput, LabError
-from lab.spec import MAX_REPLICAS, parse_site, probe_host
+from lab.spec import MAX_REPLICAS, parse_int_in_range, parse_site, probe_host
 from lab.traffic import ERROR_CAUSES, Second
 
 ProgressFn = Callable[[str, float | None], None]
@@ -113,7 +113,7 @@ class ExperimentPlan:
             tag = given.get("tag")
             return _replace(
                 plan,
-                batch=_whole(given.get("batch", 1), "batch", 1, MAX_REPLICAS),
+                batch=parse_int_in_range(given.get("batch", 1), "batch", 1, MAX_REPLICAS),
                 site=parse_site(site) if site is not None else None,
                 tag=str(tag) if tag is not None else None,
             )
@@ -133,7 +133,9 @@ class ExperimentPlan:
                 plan, how=how, restore=restore, replica=str(replica) if replica is not None else None
             )
         if what == "reload":
-            return _replace(plan, times=_whole(given.get("times", DEFAULT_RELOADS), "times", 1, MAX_RELOADS))
+            return _replace(
+                plan, times=parse_int_in_range(given.get("times", DEFAULT_RELOADS), "times", 1, MAX_RELOADS)
+            )
         return plan
 
     @property
@@ -184,16 +186,6 @@ def parse_number(value: object, what: str, low: float, high: float, unit: str) -
     return x
 
 
-def _whole(value: object, what: str, low: int, high: int) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text):
-        raise InvalidInput(f"{what} must be a whole number, not {str(value)!r}")
-    n = int(text)
-    if not low <= n <= high:
-        raise InvalidInput(f"{what} must be between {low} and {high}, not {n}")
-    return n
-
-
 def parse_steps(value: object) -> tuple[int, ...]:
     """Scale steps: '8,2' or a sequence of replica counts, each 1..MAX_REPLICAS."""
     if isinstance(value, str):
@@ -207,7 +199,7 @@ def parse_steps(value: object) -> tuple[int, ...]:
         raise InvalidInput("give at least one scale step, e.g. --steps 8,2")
     if len(raw) > MAX_STEPS:
         raise InvalidInput(f"at most {MAX_STEPS} scale steps, not {len(raw)}")
-    return tuple(_whole(item, "each scale step (replicas)", 1, MAX_REPLICAS) for item in raw)
+    return tuple(parse_int_in_range(item, "each scale step (replicas)", 1, MAX_REPLICAS) for item in raw)
 
 
 def schedule(duration: float, count: int) -> list[float]:

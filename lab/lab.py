@@ -358,7 +358,7 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
     lb_container = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
     web = sorted(
         (c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB),
-        key=lambda c: int(c.labels.get(labels.REPLICA, "0")),
+        key=lambda c: labels.replica_index(c.labels),
     )
     spec = current_spec(engine, lb_container) if lb_container else None
     members = ([lb_container] if lb_container else []) + web
@@ -378,7 +378,7 @@ def _member(container: Container, checks: dict[str, str]) -> MemberStatus:
     return MemberStatus(
         name=container.name,
         role=container.labels.get(labels.ROLE, ""),
-        index=int(container.labels.get(labels.REPLICA, "0")),
+        index=labels.replica_index(container.labels),
         state=container.status,
         health=checks.get(container.name, "-"),
         image=tags[0] if tags else container.attrs.get("Config", {}).get("Image", ""),

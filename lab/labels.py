@@ -34,6 +34,11 @@ def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
     return labels
 
 
+def replica_index(found: dict[str, str]) -> int:
+    """A replica's number (from 1) from its labels; 0 for anything that is not a replica."""
+    return int(found.get(REPLICA, "0"))
+
+
 def lab_filter(name: str, role: str | None = None) -> dict[str, list[str]]:
     """A Docker `filters` value matching resources of lab `name` (and `role`, if given)."""
     wanted = [f"{NAME}={name}"]

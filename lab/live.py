@@ -28,7 +28,7 @@ from lab.lab import (
 )
 from lab.render import nginx_view, render_nginx_conf
 from lab.site import ensure_site_image, site_image_tag, site_version
-from lab.spec import LabSpec, parse_replicas, parse_site
+from lab.spec import LabSpec, parse_int_in_range, parse_replicas, parse_site
 
 EventFn = Callable[[str], None]
 
@@ -53,9 +53,7 @@ def find_running(engine: Engine, name: str) -> RunningLab:
     if lb.status != "running":
         raise LabError(f"the load balancer of lab {name!r} is {lb.status}, not running")
     web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
-    running = sorted(
-        (c for c in web if c.status == "running"), key=lambda c: int(c.labels.get(labels.REPLICA, "0"))
-    )
+    running = sorted((c for c in web if c.status == "running"), key=_index)
     return RunningLab(current_spec(engine, lb), lb, [c.name for c in running])
 
 
@@ -153,7 +151,7 @@ def serving_members(engine: Engine, name: str) -> list[Container]:
 
 
 def _index(container: Container) -> int:
-    return int(container.labels.get(labels.REPLICA, "0"))
+    return labels.replica_index(container.labels)
 
 
 def _announce(on_event: EventFn | None, message: str) -> None:
@@ -253,8 +251,7 @@ def scale(engine: Engine, name: str, replicas: object, *, on_event: EventFn | No
     if n == len(members):
         _announce(on_event, f"already {n} replicas")
         return lab.spec
-    # Weights and a backup name positions in the upstream; a new size makes them meaningless.
-    spec = lab.spec.with_changes(replicas=n, weights=(), backup=None)
+    spec = lab.spec.resized(n)
     if n > len(members):
         image, version = _current_image(members)
         added = _add_replicas(
@@ -298,7 +295,7 @@ def deploy(
     if not members:
         raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
     site_dir = parse_site(site) if site is not None else lab.spec.site
-    size = _as_batch(batch, len(members))
+    size = parse_int_in_range(batch, "batch (replicas replaced at a time)", 1, len(members))
     if tag is not None and not _TAG.fullmatch(tag):
         raise InvalidInput(
             f"tag must be 1-64 letters, digits or _.- starting with a letter or digit, not {tag!r}"
@@ -338,16 +335,6 @@ def deploy(
     return version
 
 
-def _as_batch(value: object, members: int) -> int:
-    try:
-        size = int(str(value))
-    except ValueError:
-        raise InvalidInput(f"batch must be a whole number, not {value!r}") from None
-    if not 1 <= size <= members:
-        raise InvalidInput(f"batch must be between 1 and {members} (the number of replicas), not {size}")
-    return size
-
-
 def _swap(
     engine: Engine,
     lab: RunningLab,
@@ -362,9 +349,7 @@ def _swap(
     new = _add_replicas(engine, spec, len(old), _next_index(engine, spec.name), image, version, on_event)
     hosts = [c.name for c in serving if c not in old] + [c.name for c in new]
     try:
-        apply_config(
-            engine, lab, spec.with_changes(replicas=len(hosts), weights=(), backup=None), hosts=hosts
-        )
+        apply_config(engine, lab, spec.resized(len(hosts)), hosts=hosts)
     except BaseException:
         engine.remove_containers(new)
         raise

@@ -79,8 +79,8 @@ class LabSpec:
             hash_key=parse_hash_key(hash_key),
             consistent=bool(consistent),
             backup=parse_backup(backup, n, method),
-            max_fails=_in_range(max_fails, "max-fails", 0, 100),
-            fail_timeout=_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
+            max_fails=parse_int_in_range(max_fails, "max-fails", 0, 100),
+            fail_timeout=parse_int_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
         )
 
     def with_changes(self, **changes: object) -> LabSpec:
@@ -104,6 +104,10 @@ class LabSpec:
         }
         values.update(changes)
         return LabSpec.create(**values, check_site=False)
+
+    def resized(self, replicas: int) -> LabSpec:
+        """A copy for `replicas` replicas; weights and the backup name positions, so they go."""
+        return self.with_changes(replicas=replicas, weights=(), backup=None)
 
     def as_dict(self) -> dict[str, object]:
         """Plain values, for JSON and for `from_dict`."""
@@ -176,7 +180,8 @@ def _as_int(value: object, what: str) -> int:
     return int(text)
 
 
-def _in_range(value: object, what: str, low: int, high: int) -> int:
+def parse_int_in_range(value: object, what: str, low: int, high: int) -> int:
+    """A whole number from `low` to `high`, or a one-line InvalidInput."""
     n = _as_int(value, what)
     if not low <= n <= high:
         raise InvalidInput(f"{what} must be between {low} and {high}, not {n}")

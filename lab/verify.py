@@ -18,7 +18,7 @@ from lab.docker_ops import Engine
 from lab.errors import InvalidInput
 from lab.live import find_running
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
-from lab.spec import parse_algorithm, parse_weight_list
+from lab.spec import parse_algorithm, parse_int_in_range, parse_weight_list
 
 ProgressFn = Callable[[str, float | None], None]
 MAX_REQUESTS = 10_000_000
@@ -46,26 +46,16 @@ class LoadPlan:
 
     @classmethod
     def create(cls, *, requests: object, duration: object, concurrency: object, clients: object) -> LoadPlan:
-        n = _bounded_int(requests, "requests", 1, MAX_REQUESTS) if requests is not None else None
+        n = parse_int_in_range(requests, "requests", 1, MAX_REQUESTS) if requests is not None else None
         seconds = _bounded_float(duration, "duration", MAX_DURATION) if duration is not None else None
         if n is None and seconds is None:
             n = DEFAULT_REQUESTS
         return cls(
             requests=n,
             duration=seconds,
-            concurrency=_bounded_int(concurrency, "concurrency", 1, MAX_CONCURRENCY),
-            clients=_bounded_int(clients, "clients", 0, MAX_CLIENTS),
+            concurrency=parse_int_in_range(concurrency, "concurrency", 1, MAX_CONCURRENCY),
+            clients=parse_int_in_range(clients, "clients", 0, MAX_CLIENTS),
         )
-
-
-def _bounded_int(value: object, what: str, low: int, high: int) -> int:
-    try:
-        n = int(str(value))
-    except ValueError:
-        raise InvalidInput(f"{what} must be a whole number, not {value!r}") from None
-    if not low <= n <= high:
-        raise InvalidInput(f"{what} must be between {low} and {high:,}, not {n}")
-    return n
 
 
 def _bounded_float(value: object, what: str, high: float) -> float:
