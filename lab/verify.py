@@ -227,14 +227,14 @@ def verify(
         retries=tally.upstream_retries,
         alpha=alpha,
     )
-    if target.replicas is None and target.expected_replicas is None and len(replicas) == 1:
-        if judgement.verdict == "balanced":
-            judgement = stats.Judgement(
-                "inconclusive",
-                f"only {replicas[0]} answered, and no other replica is known: one replica shows no spread",
-                judgement.test | {"passed": None},
-                "give --replicas N (how many replicas the load balancer has)",
-            )
+    one_seen = target.replicas is None and target.expected_replicas is None and len(replicas) == 1
+    if one_seen and judgement.verdict == "balanced":
+        judgement = stats.Judgement(
+            "inconclusive",
+            f"only {replicas[0]} answered, and no other replica is known: one replica shows no spread",
+            judgement.test | {"passed": None},
+            "give --replicas N (how many replicas the load balancer has)",
+        )
     shares = _expected(target.method, replicas, weights, backup, per_client)
     bands = _bands(judgement.test, len(replicas), tally.ok)
     reader = access_log

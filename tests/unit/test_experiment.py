@@ -377,7 +377,8 @@ def test_a_failed_check_or_operation_fails_the_experiment() -> None:
     bad = Check("after scale to 2", True, False, "removed replicas still answered: lab-web-7")
     assert not make_result(checks=[bad]).passed
     unjudged = Check("after scale to 2", False, False, "not judged")
-    assert make_result(checks=[unjudged]).passed
+    assert not make_result(checks=[unjudged]).passed  # no evidence is not a pass
+    assert make_result(checks=[unjudged]).unjudged == [unjudged]
     from dataclasses import replace
 
     assert not replace(make_result(), operation_error="deploy rolled back").passed
