@@ -93,7 +93,7 @@ def _summary(name: str, test: dict[str, object], result: VerifyResult) -> str:
     if name == "share_band":
         significant = ", ".join(_significant(test)) or "none"
         return (
-            f"{test['concurrency']} connections; significant latency differences (Welch's t-test): "
+            f"{test['concurrency']} connections; significant latency differences (Yuen's t-test): "
             f"{significant}; exact binomial margin, alpha {alpha:g}"
         )
     return result.reason
@@ -110,7 +110,7 @@ _FACTS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("clients", "Clients", lambda v: f"{v:,.0f}"),
     ("sticky_clients", "Stayed on one replica", lambda v: f"{v:,.0f}"),
     ("concurrency", "Connections", lambda v: f"{v:,.0f}"),
-    ("latency_level", "Latency test", lambda v: f"Welch's t-test, significant below p = {v:.2g}"),
+    ("latency_level", "Latency test", lambda v: f"Yuen's trimmed-mean t-test, significant below p = {v:.2g}"),
     ("alpha", "Alpha (significance level)", lambda v: f"{v:g}"),
 )
 
@@ -196,7 +196,8 @@ def _band_sentence(test: dict[str, object], result: VerifyResult) -> str:
     return (
         f"{how}, so each replica gets its weighted share; with many requests in flight faster replicas "
         "get more, in proportion to weight ÷ latency (Little's law). A latency difference counts only "
-        f"when Welch's t-test finds it significant: {_latency_words(test)}. With {connections}, each "
+        "when Yuen's t-test (Welch's t-test on 20%-trimmed means, so a few stalled requests cannot "
+        f"hide or fake one) finds it significant: {_latency_words(test)}. With {connections}, each "
         "replica's share had to lie between those two models (allowing for whole numbers of requests "
         f"in flight), widened by an exact binomial margin (alpha {alpha:g} split over the replicas); "
         f"{outcome}."

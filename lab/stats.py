@@ -168,6 +168,32 @@ class LatencyHistogram:
         mean = self._sum / self._count
         return max(0.0, (self._sumsq - self._count * mean * mean) / (self._count - 1))
 
+    def trimmed(self, fraction: float) -> tuple[float, float]:
+        """The mean without the `fraction` smallest and largest values, and the winsorized variance
+        (those values replaced by the nearest kept ones), from bucket midpoints; NaN when empty."""
+        n = self._count
+        if n == 0:
+            return math.nan, math.nan
+        cut = math.floor(fraction * n)
+        values: list[tuple[float, int]] = []  # (value, how many), fastest first
+        for i, c in enumerate(self._counts):
+            if c:
+                low, high = _bounds(i)
+                values.append((min(max((low + high) / 2 * _UNIT, self._min), self._max), c))
+        kept: list[tuple[float, int]] = []
+        seen = 0
+        for value, c in values:  # the ranks cut+1 .. n-cut
+            take = min(seen + c, n - cut) - max(seen, cut)
+            if take > 0:
+                kept.append((value, take))
+            seen += c
+        lowest, highest = kept[0][0], kept[-1][0]
+        mean = sum(v * c for v, c in kept) / (n - 2 * cut)
+        winsorized = [(lowest, cut), *kept, (highest, cut)]
+        w_mean = sum(v * c for v, c in winsorized) / n
+        variance = sum(c * (v - w_mean) ** 2 for v, c in winsorized) / (n - 1) if n > 1 else math.nan
+        return mean, variance
+
     def percentile(self, q: float) -> float:
         """The nearest-rank q-th percentile (0 <= q <= 100) in seconds, NaN when empty."""
         if not 0.0 <= q <= 100.0:
@@ -340,27 +366,45 @@ def swrr_window_bound(weights: Sequence[int]) -> int:
 # Latency differences (for the load-aware methods)
 
 
+TRIM = 0.2  # Yuen's test compares 20%-trimmed means: a few stalled connections cannot hide a difference
+
+
 @dataclass(frozen=True)
 class LatencySample:
-    """One replica's latencies in brief: how many, their mean and sample variance (seconds)."""
+    """One replica's latencies in brief: how many, their trimmed mean and winsorized variance
+    (seconds). With `trim` 0 these are the plain mean and variance, and Yuen's test is Welch's."""
 
     count: int
     mean: float
     variance: float  # n - 1 in the denominator; NaN below two samples
+    trim: float = 0.0
+    histogram: LatencyHistogram | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, histogram: LatencyHistogram | None) -> LatencySample:
+    def of(cls, histogram: LatencyHistogram | None, trim: float = TRIM) -> LatencySample:
         if histogram is None or histogram.count == 0:
             return cls(0, math.nan, math.nan)
-        return cls(histogram.count, histogram.mean, histogram.variance)
+        mean, variance = histogram.trimmed(trim)
+        return cls(histogram.count, mean, variance, trim, histogram)
+
+    @property
+    def kept(self) -> int:
+        """How many latencies the trimmed mean is taken over."""
+        return self.count - 2 * math.floor(self.trim * self.count)
 
     @classmethod
     def pooled(cls, samples: Iterable[LatencySample]) -> LatencySample:
-        """All of `samples` as one sample (exact: counts, means and variances combine)."""
+        """All of `samples` as one sample: merged histograms when every sample has one, else
+        combined moments (exact for untrimmed samples)."""
         parts = [s for s in samples if s.count]
         n = sum(s.count for s in parts)
         if n == 0:
             return cls(0, math.nan, math.nan)
+        if all(s.histogram is not None for s in parts):
+            merged = LatencyHistogram()
+            for s in parts:
+                merged.merge(s.histogram)  # type: ignore[arg-type]
+            return cls.of(merged, max(s.trim for s in parts))
         mean = sum(s.count * s.mean for s in parts) / n
         if n < 2:
             return cls(n, mean, math.nan)
@@ -369,18 +413,20 @@ class LatencySample:
         return cls(n, mean, (within + between) / (n - 1))
 
 
-def welch_p_value(a: LatencySample, b: LatencySample) -> float | None:
-    """Two-sided p-value of Welch's t-test (unequal variances) that `a` and `b` have the same mean;
-    None when either has fewer than two latencies (no variance, no test)."""
-    if a.count < 2 or b.count < 2:
+def yuen_p_value(a: LatencySample, b: LatencySample) -> float | None:
+    """Two-sided p-value of Yuen's test (Welch's t-test on trimmed means with winsorized
+    variances) that `a` and `b` have the same mean latency; None when either keeps fewer than
+    two latencies (no variance, no test)."""
+    if a.kept < 2 or b.kept < 2:
         return None
-    va, vb = a.variance / a.count, b.variance / b.count
-    if va + vb <= 0:  # two constant samples: equal or not, without doubt
+    da = (a.count - 1) * a.variance / (a.kept * (a.kept - 1))
+    db = (b.count - 1) * b.variance / (b.kept * (b.kept - 1))
+    if da + db <= 0:  # two constant samples: equal or not, without doubt
         return 1.0 if a.mean == b.mean else 0.0
     from scipy.stats import t as student_t
 
-    dof = (va + vb) ** 2 / (va**2 / (a.count - 1) + vb**2 / (b.count - 1))
-    statistic = (a.mean - b.mean) / math.sqrt(va + vb)
+    dof = (da + db) ** 2 / (da**2 / (a.kept - 1) + db**2 / (b.kept - 1))
+    statistic = (a.mean - b.mean) / math.sqrt(da + db)
     return float(2 * student_t.sf(abs(statistic), dof))
 
 
@@ -388,9 +434,10 @@ def welch_p_value(a: LatencySample, b: LatencySample) -> float | None:
 class LatencyModel:
     """The latency of each replica as the least_conn model uses it.
 
-    A replica keeps its own mean only when Welch's t-test finds it significantly different from
-    the other replicas pooled (at alpha / the number of tests); the others share their pooled
-    mean. So noise never moves the model, and a replica with one answer never counts as slow.
+    A replica keeps its own (trimmed) mean only when Yuen's test finds it significantly
+    different from the other replicas pooled (at alpha / the number of tests); the others share
+    their pooled mean. So noise never moves the model, and a replica with one answer never
+    counts as slow.
     """
 
     means: list[float]  # seconds; NaN for replicas outside the model (a backup)
@@ -408,7 +455,7 @@ def latency_model(samples: Sequence[LatencySample], active: Sequence[bool], alph
     significant = [False] * n
     for i in tested:
         rest = LatencySample.pooled(samples[j] for j in range(n) if active[j] and j != i)
-        p_values[i] = p = welch_p_value(samples[i], rest)
+        p_values[i] = p = yuen_p_value(samples[i], rest)
         significant[i] = p is not None and p < level
     common = LatencySample.pooled(samples[j] for j in range(n) if active[j] and not significant[j])
     if not common.count:
@@ -706,8 +753,8 @@ def share_band(
     total from 1 to `concurrency`: when the machine is saturated, requests queue in the
     client and nginx, and fewer than C are at the replicas. With fewer requests in flight
     than replicas each replica holds at most one and weights only break ties between idle
-    ones, so the unweighted shares are included too. Latencies count only where Welch's
-    t-test finds a difference (`latency_model`). Weights and the backup are never overridden:
+    ones, so the unweighted shares are included too. Latencies count only where Yuen's
+    trimmed-mean t-test finds a difference (`latency_model`). Weights and the backup are never overridden:
     latency scales the weights, and a backup keeps a share of 0.
     """
     active = [s > 0 for s in shares]
@@ -717,6 +764,8 @@ def share_band(
     latency = inverse_latency_shares(shares, means)
     n_active = sum(active)
     weighted = len({round(s, 12) for s in shares if s > 0}) > 1
+    if concurrency <= 1:  # nothing in flight at any pick: the weighted share, whatever the latencies
+        return ShareBand(method, concurrency, equal, latency, list(equal), list(equal), model)
     low = [min(e, x) for e, x in zip(equal, latency, strict=True)]
     high = [max(e, x) for e, x in zip(equal, latency, strict=True)]
 
@@ -725,10 +774,10 @@ def share_band(
             if active[i]:
                 low[i], high[i] = min(low[i], lo), max(high[i], hi)
 
-    if concurrency > 1 and weighted and method == "random_two":
+    if weighted and method == "random_two":
         why = "random two with weights has no simple expectation above one connection"
         return ShareBand(method, concurrency, equal, latency, low, high, model, why)
-    if concurrency > 1 and method == "least_conn":
+    if method == "least_conn":
         if weighted and n_active > 2:
             unweighted = [1.0 if a else 0.0 for a in active]
             plain = [x / n_active for x in unweighted]
@@ -770,7 +819,7 @@ def _judge_band(
         "high_shares": band.high,
         "low_counts": [lo for lo, _ in bounds],
         "high_counts": [hi for _, hi in bounds],
-        "latency_test": "welch_t",
+        "latency_test": "yuen_t",
         "latency_level": model.level,
         "latency_ms": [round(m * 1000, 4) if not math.isnan(m) else None for m in model.measured],
         "model_latency_ms": [round(m * 1000, 4) if not math.isnan(m) else None for m in model.means],

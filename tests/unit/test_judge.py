@@ -138,7 +138,7 @@ def test_fair_runs_stay_balanced(case: Case) -> None:
 def test_the_band_is_recorded_for_every_replica() -> None:
     judged = MUST_PASS[5].judge()
     test = judged.test
-    assert test["test"] == "share_band" and test["latency_test"] == "welch_t"
+    assert test["test"] == "share_band" and test["latency_test"] == "yuen_t"
     assert test["latency_significant"] == ["web-1", "web-2", "web-3"]
     for low, high, equal, fast in zip(
         test["low_shares"], test["high_shares"], test["equal_shares"], test["latency_shares"], strict=True
@@ -164,7 +164,35 @@ def test_a_latency_difference_counts_only_when_significant() -> None:
     assert all(slow.significant) and slow.means == pytest.approx([0.001, 0.005])
     once = stats.latency_model([sample(2.0, 999), sample(2.1, 1)], [True, True], 0.001)
     assert once.p_values[1] is None and not once.significant[1]  # one answer: no variance, no test
-    assert stats.welch_p_value(sample(1.0, 1), sample(1.0, 10)) is None
+    assert stats.yuen_p_value(sample(1.0, 1), sample(1.0, 10)) is None
+
+
+def test_a_few_stalled_requests_neither_hide_nor_fake_a_latency_difference() -> None:
+    rng = random.Random(5)
+
+    def replica(mean: float, stalls: int) -> LatencySample:
+        histogram = LatencyHistogram()
+        for _ in range(300):
+            histogram.record(rng.gammavariate(11, mean / 11))
+        for _ in range(stalls):  # connections that waited for a SYN retransmit
+            histogram.record(1.0)
+        return LatencySample.of(histogram)
+
+    hidden = stats.latency_model([replica(0.0004, 0), replica(0.0024, 3)], [True, True], 0.001)
+    assert hidden.significant == [True, True]
+    assert hidden.means[1] == pytest.approx(0.0024, rel=0.1)  # the trimmed mean ignores the stalls
+    faked = stats.latency_model([replica(0.0004, 0), replica(0.0004, 3)], [True, True], 0.001)
+    assert faked.significant == [False, False] and faked.means[0] == faked.means[1]
+
+
+def test_trimmed_mean_and_winsorized_variance() -> None:
+    histogram = LatencyHistogram()
+    for v in [0.001] * 8 + [0.1, 0.2]:
+        histogram.record(v)
+    mean, variance = histogram.trimmed(0.2)
+    assert mean == pytest.approx(0.001, rel=0.01)  # the two largest are cut
+    assert variance == pytest.approx(0.0, abs=1e-9)  # ...and winsorized to the kept ones
+    assert histogram.trimmed(0.0)[0] == pytest.approx(histogram.mean, rel=0.01)
 
 
 def test_histogram_variance_is_exact() -> None:
