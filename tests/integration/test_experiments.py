@@ -133,10 +133,33 @@ def test_failover_kill_9_of_one_of_3_fails_no_get_and_the_dead_one_gets_nothing_
     (check,) = result.checks
     assert check.judged and check.passed, check.detail
     assert check.removed == [victim] and victim not in check.served
+    assert check.attempts[victim] <= check.allowed  # at most nginx's probes, one per fail_timeout
     assert check.window is not None and check.window[0] >= result.events[0].t + 2  # after fail_timeout
     # Restored after the measured window: all three serve again.
     assert result.extra["restored_after_window"] == [victim]
     assert len(set(served_versions(lab.url, 9))) == 3
+
+
+def test_failover_fails_its_check_when_nginx_keeps_trying_the_dead_replica(
+    lab_cluster: Callable[..., LabHandle],
+) -> None:
+    """With max_fails=0 nginx never takes a dead replica out: every request it sends there times
+    out and is retried on another, so nothing fails and nobody sees the dead one answer, but
+    X-Upstream-Addr shows the attempts: the check fails and the command exits 1."""
+    lab = lab_cluster(replicas=3, max_fails=0, fail_timeout=2)
+    run = run_lab(
+        "experiment", "failover", "--name", lab.name, "--rate", "60", "--duration", "10",
+        "--replica", "2", "--json",
+    )  # fmt: skip
+    assert run.code == 1, run.stderr
+    data = json.loads(run.stdout)
+    print(f"\nfailover with max_fails=0: {data['reason']}; {data['checks'][0]['detail']}")
+    (check,) = data["checks"]
+    assert check["judged"] and not check["passed"]
+    victim = f"{lab.name}-web-2"
+    assert victim not in check["served"]  # judged by who answered, it would have passed
+    assert check["attempts"][victim] > check["allowed"]
+    assert "nginx still tried" in check["detail"] and data["passed"] is False
 
 
 def test_reload_3_times_under_keep_alive_load_through_the_cli(
