@@ -66,12 +66,14 @@ def _significant(test: dict[str, object]) -> list[str]:
 
 def _latency_words(test: dict[str, object]) -> str:
     """Which replicas' latencies counted, with their means."""
-    replicas, measured = test.get("replicas"), test.get("latency_ms")
+    replicas, measured = test.get("replicas"), test.get("model_latency_ms")
     significant = _significant(test)
     if not significant or not isinstance(replicas, list) or not isinstance(measured, list):
         return "none did, so every replica counted as equally fast"
     means = {str(r): m for r, m in zip(replicas, measured, strict=True)}
-    return ", ".join(f"{r} ({means[r]:.2f} ms)" for r in significant if isinstance(means.get(r), float))
+    listed = ", ".join(f"{r} ({means[r]:.2f} ms)" for r in significant if isinstance(means.get(r), float))
+    others = "" if len(significant) == len(replicas) else "; the others counted as equally fast"
+    return f"{listed} (trimmed means{others})"
 
 
 def _summary(name: str, test: dict[str, object], result: VerifyResult) -> str:

@@ -267,6 +267,7 @@ _TABLE_COLUMNS = (
     "Requests",
     "Share",
     "Expected",
+    "Accepted",
     "Deviation",
     "Status codes",
     "5xx",
@@ -301,6 +302,7 @@ def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
             Cell(f"{r.count:,}", "bad" if misplaced else ""),
             Cell(_percent(r.share)),
             Cell(_percent(r.expected_share)),
+            _accepted_cell(r),
             Cell(_signed_percent(d), dev_flag, "largest deviation" if r.name == worst else ""),
             Cell(statuses_label(r.statuses)),
             Cell(f"{r.errors:,}", "bad" if r.errors else ""),
@@ -310,6 +312,16 @@ def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
         flagged = misplaced or r.errors > 0 or log_cell.flag == "bad"
         rows.append(ReplicaRow(name=r.name, cells=cells, flagged=flagged))
     return rows
+
+
+def _accepted_cell(r: ReplicaResult) -> Cell:
+    band = _band(r)
+    if band is None:
+        return Cell("—", hint="this test has no per-replica range")
+    outside = not band[0] - 1e-12 <= r.share <= band[1] + 1e-12
+    return Cell(
+        f"{_percent(band[0])}–{_percent(band[1])}", "bad" if outside else "", "shares the test accepted"
+    )
 
 
 def _misplaced(r: ReplicaResult) -> bool:
