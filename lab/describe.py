@@ -65,15 +65,13 @@ def _significant(test: dict[str, object]) -> list[str]:
 
 
 def _latency_words(test: dict[str, object]) -> str:
-    """Which replicas' latencies counted, with their means."""
-    replicas, measured = test.get("replicas"), test.get("model_latency_ms")
-    significant = _significant(test)
-    if not significant or not isinstance(replicas, list) or not isinstance(measured, list):
+    """Which replicas' latencies differ, group by group, with their mean latency."""
+    groups, replicas, model = test.get("latency_groups"), test.get("replicas"), test.get("model_latency_ms")
+    if not isinstance(groups, list) or len(groups) < 2 or not isinstance(replicas, list):
         return "none did, so every replica counted as equally fast"
-    means = {str(r): m for r, m in zip(replicas, measured, strict=True)}
-    listed = ", ".join(f"{r} ({means[r]:.2f} ms)" for r in significant if isinstance(means.get(r), float))
-    others = "" if len(significant) == len(replicas) else "; the others counted as equally fast"
-    return f"{listed} (trimmed means{others})"
+    means = dict(zip(replicas, model, strict=True)) if isinstance(model, list) else {}
+    parts = [f"{', '.join(group)} ({means.get(group[0], 0.0):.2f} ms)" for group in groups]
+    return f"the replicas fell into {len(groups)} groups of equal latency: " + "; ".join(parts)
 
 
 def _summary(name: str, test: dict[str, object], result: VerifyResult) -> str:
@@ -93,10 +91,11 @@ def _summary(name: str, test: dict[str, object], result: VerifyResult) -> str:
             return line + f"; spread over replicas p = {p:.3g} (alpha {alpha:g})"
         return line + "; spread not tested"
     if name == "share_band":
-        significant = ", ".join(_significant(test)) or "none"
+        groups = test.get("latency_groups")
+        count = len(groups) if isinstance(groups, list) and len(groups) > 1 else 1
         return (
-            f"{test['concurrency']} connections; significant latency differences (Yuen's t-test): "
-            f"{significant}; exact binomial margin, alpha {alpha:g}"
+            f"{test['concurrency']} connections; {count} latency group{'s' if count > 1 else ''} "
+            f"(Mann-Whitney U); exact binomial margin, alpha {alpha:g}"
         )
     return result.reason
 
@@ -112,7 +111,7 @@ _FACTS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("clients", "Clients", lambda v: f"{v:,.0f}"),
     ("sticky_clients", "Stayed on one replica", lambda v: f"{v:,.0f}"),
     ("concurrency", "Connections", lambda v: f"{v:,.0f}"),
-    ("latency_level", "Latency test", lambda v: f"Yuen's trimmed-mean t-test, significant below p = {v:.2g}"),
+    ("latency_level", "Latency test", lambda v: f"Mann-Whitney U, significant below p = {v:.2g}"),
     ("alpha", "Alpha (significance level)", lambda v: f"{v:g}"),
 )
 
@@ -121,7 +120,7 @@ def _facts(name: str, test: dict[str, object], result: VerifyResult) -> list[tup
     facts = [("Test", TEST_NAMES.get(name, "none was run"))]
     facts += [(label, fmt(v)) for key, label, fmt in _FACTS if (v := _number(test, key)) is not None]
     if name == "share_band":
-        facts.append(("Latency differences that count", ", ".join(_significant(test)) or "none"))
+        facts.append(("Latency differences that count", _latency_words(test)))
     if isinstance(test.get("worst_replica"), str):
         facts.insert(1, ("Worst replica", str(test["worst_replica"])))
     passed = test.get("passed")
@@ -198,8 +197,8 @@ def _band_sentence(test: dict[str, object], result: VerifyResult) -> str:
     return (
         f"{how}, so each replica gets its weighted share; with many requests in flight faster replicas "
         "get more, in proportion to weight ÷ latency (Little's law). A latency difference counts only "
-        "when Yuen's t-test (Welch's t-test on 20%-trimmed means, so a few stalled requests cannot "
-        f"hide or fake one) finds it significant: {_latency_words(test)}. With {connections}, each "
+        "when the Mann-Whitney U test (a rank test, so a few stalled requests neither hide nor fake "
+        f"one) finds it significant: {_latency_words(test)}. With {connections}, each "
         "replica's share had to lie between those two models (allowing for whole numbers of requests "
         f"in flight), widened by an exact binomial margin (alpha {alpha:g} split over the replicas); "
         f"{outcome}."

@@ -168,32 +168,6 @@ class LatencyHistogram:
         mean = self._sum / self._count
         return max(0.0, (self._sumsq - self._count * mean * mean) / (self._count - 1))
 
-    def trimmed(self, fraction: float) -> tuple[float, float]:
-        """The mean without the `fraction` smallest and largest values, and the winsorized variance
-        (those values replaced by the nearest kept ones), from bucket midpoints; NaN when empty."""
-        n = self._count
-        if n == 0:
-            return math.nan, math.nan
-        cut = math.floor(fraction * n)
-        values: list[tuple[float, int]] = []  # (value, how many), fastest first
-        for i, c in enumerate(self._counts):
-            if c:
-                low, high = _bounds(i)
-                values.append((min(max((low + high) / 2 * _UNIT, self._min), self._max), c))
-        kept: list[tuple[float, int]] = []
-        seen = 0
-        for value, c in values:  # the ranks cut+1 .. n-cut
-            take = min(seen + c, n - cut) - max(seen, cut)
-            if take > 0:
-                kept.append((value, take))
-            seen += c
-        lowest, highest = kept[0][0], kept[-1][0]
-        mean = sum(v * c for v, c in kept) / (n - 2 * cut)
-        winsorized = [(lowest, cut), *kept, (highest, cut)]
-        w_mean = sum(v * c for v, c in winsorized) / n
-        variance = sum(c * (v - w_mean) ** 2 for v, c in winsorized) / (n - 1) if n > 1 else math.nan
-        return mean, variance
-
     def percentile(self, q: float) -> float:
         """The nearest-rank q-th percentile (0 <= q <= 100) in seconds, NaN when empty."""
         if not 0.0 <= q <= 100.0:
@@ -366,103 +340,107 @@ def swrr_window_bound(weights: Sequence[int]) -> int:
 # Latency differences (for the load-aware methods)
 
 
-TRIM = 0.2  # Yuen's test compares 20%-trimmed means: a few stalled connections cannot hide a difference
-
-
 @dataclass(frozen=True)
 class LatencySample:
-    """One replica's latencies in brief: how many, their trimmed mean and winsorized variance
-    (seconds). With `trim` 0 these are the plain mean and variance, and Yuen's test is Welch's."""
+    """One replica's latencies (seconds): how many, their mean, and the histogram behind them."""
 
     count: int
     mean: float
-    variance: float  # n - 1 in the denominator; NaN below two samples
-    trim: float = 0.0
     histogram: LatencyHistogram | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, histogram: LatencyHistogram | None, trim: float = TRIM) -> LatencySample:
+    def of(cls, histogram: LatencyHistogram | None) -> LatencySample:
         if histogram is None or histogram.count == 0:
-            return cls(0, math.nan, math.nan)
-        mean, variance = histogram.trimmed(trim)
-        return cls(histogram.count, mean, variance, trim, histogram)
-
-    @property
-    def kept(self) -> int:
-        """How many latencies the trimmed mean is taken over."""
-        return self.count - 2 * math.floor(self.trim * self.count)
+            return cls(0, math.nan)
+        return cls(histogram.count, histogram.mean, histogram)
 
     @classmethod
     def pooled(cls, samples: Iterable[LatencySample]) -> LatencySample:
-        """All of `samples` as one sample: merged histograms when every sample has one, else
-        combined moments (exact for untrimmed samples)."""
+        """All of `samples` as one (their histograms merged; without histograms, the mean only)."""
         parts = [s for s in samples if s.count]
-        n = sum(s.count for s in parts)
-        if n == 0:
-            return cls(0, math.nan, math.nan)
-        if all(s.histogram is not None for s in parts):
-            merged = LatencyHistogram()
-            for s in parts:
-                merged.merge(s.histogram)  # type: ignore[arg-type]
-            return cls.of(merged, max(s.trim for s in parts))
-        mean = sum(s.count * s.mean for s in parts) / n
-        if n < 2:
-            return cls(n, mean, math.nan)
-        within = sum((s.count - 1) * s.variance for s in parts if s.count > 1)
-        between = sum(s.count * (s.mean - mean) ** 2 for s in parts)
-        return cls(n, mean, (within + between) / (n - 1))
+        if not parts:
+            return cls(0, math.nan)
+        if any(s.histogram is None for s in parts):
+            n = sum(s.count for s in parts)
+            return cls(n, sum(s.count * s.mean for s in parts) / n)
+        merged = LatencyHistogram()
+        for s in parts:
+            merged.merge(s.histogram)  # type: ignore[arg-type]
+        return cls.of(merged)
 
 
-def yuen_p_value(a: LatencySample, b: LatencySample) -> float | None:
-    """Two-sided p-value of Yuen's test (Welch's t-test on trimmed means with winsorized
-    variances) that `a` and `b` have the same mean latency; None when either keeps fewer than
-    two latencies (no variance, no test)."""
-    if a.kept < 2 or b.kept < 2:
+def rank_sum_p_value(a: LatencySample, b: LatencySample) -> float | None:
+    """Two-sided p-value of the Mann-Whitney U (Wilcoxon rank-sum) test that neither replica's
+    latencies tend to be larger, from the histograms (latencies in one bucket are ties), with the
+    normal approximation and tie correction. A rank test: a few stalled connections neither hide
+    nor fake a difference. None when either has fewer than two latencies or no histogram."""
+    if a.count < 2 or b.count < 2 or a.histogram is None or b.histogram is None:
         return None
-    da = (a.count - 1) * a.variance / (a.kept * (a.kept - 1))
-    db = (b.count - 1) * b.variance / (b.kept * (b.kept - 1))
-    if da + db <= 0:  # two constant samples: equal or not, without doubt
-        return 1.0 if a.mean == b.mean else 0.0
-    from scipy.stats import t as student_t
+    na, nb = a.count, b.count
+    total = na + nb
+    u = 0.0
+    below = 0  # b's latencies in lower buckets
+    ties = 0.0
+    for ca, cb in zip(a.histogram._counts, b.histogram._counts, strict=True):
+        if ca or cb:
+            u += ca * (below + cb / 2)
+            below += cb
+            t = ca + cb
+            ties += t**3 - t
+    variance = na * nb / 12 * ((total + 1) - ties / (total * (total - 1)))
+    if variance <= 0:  # every latency in one bucket: no difference to see
+        return 1.0
+    from scipy.stats import norm
 
-    dof = (da + db) ** 2 / (da**2 / (a.kept - 1) + db**2 / (b.kept - 1))
-    statistic = (a.mean - b.mean) / math.sqrt(da + db)
-    return float(2 * student_t.sf(abs(statistic), dof))
+    z = (u - na * nb / 2) / math.sqrt(variance)
+    return float(2 * norm.sf(abs(z)))
 
 
 @dataclass(frozen=True)
 class LatencyModel:
     """The latency of each replica as the least_conn model uses it.
 
-    A replica keeps its own (trimmed) mean only when Yuen's test finds it significantly
-    different from the other replicas pooled (at alpha / the number of tests); the others share
-    their pooled mean. So noise never moves the model, and a replica with one answer never
-    counts as slow.
+    Replicas are taken in order of mean latency, and each joins the group before it unless the
+    Mann-Whitney U test finds its latencies significantly different from that group's (at alpha
+    / the number of tests). A group shares one mean (Little's law needs means), so noise never
+    moves the model; a replica with fewer than two answers is not tested and takes the mean of
+    all, so it never counts as slow.
     """
 
     means: list[float]  # seconds; NaN for replicas outside the model (a backup)
     measured: list[float]  # each replica's own mean (NaN without answers)
-    p_values: list[float | None]
-    significant: list[bool]
+    p_values: list[float | None]  # the test that joined it to, or split it from, the group before
+    significant: list[bool]  # its latency differs significantly from some other replica's
     level: float  # the significance level each test used
+    groups: list[list[int]] = field(default_factory=list)  # replicas of equal latency, fastest first
 
 
 def latency_model(samples: Sequence[LatencySample], active: Sequence[bool], alpha: float) -> LatencyModel:
     n = len(samples)
-    tested = [i for i in range(n) if active[i] and samples[i].count >= 2]
-    level = alpha / max(1, len(tested))
+    tested = sorted(
+        (i for i in range(n) if active[i] and samples[i].count >= 2), key=lambda i: samples[i].mean
+    )
+    level = alpha / max(1, len(tested) - 1)
     p_values: list[float | None] = [None] * n
-    significant = [False] * n
+    groups: list[list[int]] = []
     for i in tested:
-        rest = LatencySample.pooled(samples[j] for j in range(n) if active[j] and j != i)
-        p_values[i] = p = yuen_p_value(samples[i], rest)
-        significant[i] = p is not None and p < level
-    common = LatencySample.pooled(samples[j] for j in range(n) if active[j] and not significant[j])
-    if not common.count:
-        common = LatencySample.pooled(samples[j] for j in range(n) if active[j])
-    shared = common.mean if common.count else 1.0  # no latency at all: every replica the same
-    means = [(samples[i].mean if significant[i] else shared) if active[i] else math.nan for i in range(n)]
-    return LatencyModel(means, [s.mean for s in samples], p_values, significant, level)
+        if groups:
+            p_values[i] = p = rank_sum_p_value(
+                samples[i], LatencySample.pooled(samples[j] for j in groups[-1])
+            )
+            if p is None or p >= level:
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    overall = LatencySample.pooled(samples[j] for j in range(n) if active[j])
+    shared = overall.mean if overall.count else 1.0  # no latency at all: every replica the same
+    means = [shared if active[i] else math.nan for i in range(n)]
+    for group in groups:
+        mean = LatencySample.pooled(samples[j] for j in group).mean
+        for j in group:
+            means[j] = mean
+    significant = [len(groups) > 1 and i in tested for i in range(n)]
+    return LatencyModel(means, [s.mean for s in samples], p_values, significant, level, groups)
 
 
 def inverse_latency_shares(weights: Sequence[float], means: Sequence[float]) -> list[float]:
@@ -647,9 +625,7 @@ def judge(
         return _judge_sticky(per_client or {}, shares, replicas, base, alpha)
     if method == "random":
         return _judge_chi_square(observed, shares, replicas, base, alpha)
-    samples = (
-        list(latencies) if latencies is not None else [LatencySample(0, math.nan, math.nan)] * len(replicas)
-    )
+    samples = list(latencies) if latencies is not None else [LatencySample(0, math.nan)] * len(replicas)
     if len(samples) != len(replicas):
         raise ValueError(f"{len(samples)} latency samples for {len(replicas)} replicas")
     band = share_band(method, shares, samples, concurrency, alpha)
@@ -753,8 +729,8 @@ def share_band(
     total from 1 to `concurrency`: when the machine is saturated, requests queue in the
     client and nginx, and fewer than C are at the replicas. With fewer requests in flight
     than replicas each replica holds at most one and weights only break ties between idle
-    ones, so the unweighted shares are included too. Latencies count only where Yuen's
-    trimmed-mean t-test finds a difference (`latency_model`). Weights and the backup are never overridden:
+    ones, so the unweighted shares are included too. Latencies count only where the
+    Mann-Whitney U test finds a difference (`latency_model`). Weights and the backup are never overridden:
     latency scales the weights, and a backup keeps a share of 0.
     """
     active = [s > 0 for s in shares]
@@ -819,12 +795,13 @@ def _judge_band(
         "high_shares": band.high,
         "low_counts": [lo for lo, _ in bounds],
         "high_counts": [hi for _, hi in bounds],
-        "latency_test": "yuen_t",
+        "latency_test": "mann_whitney_u",
         "latency_level": model.level,
         "latency_ms": [round(m * 1000, 4) if not math.isnan(m) else None for m in model.measured],
         "model_latency_ms": [round(m * 1000, 4) if not math.isnan(m) else None for m in model.means],
         "latency_p_values": model.p_values,
         "latency_significant": [r for r, sig in zip(replicas, model.significant, strict=True) if sig],
+        "latency_groups": [[replicas[i] for i in group] for group in model.groups],
     }
     backup = [i for i, a in enumerate(active) if not a and observed[i]]
     if backup:

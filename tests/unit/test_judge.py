@@ -23,11 +23,14 @@ R2 = ["web-1", "web-2"]
 R3 = ["web-1", "web-2", "web-3"]
 
 
-def sample(ms: float, count: int, spread: float = 0.3) -> LatencySample:
-    """`count` latencies averaging `ms` with a coefficient of variation `spread`."""
-    if count == 0:
-        return LatencySample(0, math.nan, math.nan)
-    return LatencySample(count, ms / 1000, (ms * spread / 1000) ** 2 if count > 1 else math.nan)
+def sample(ms: float, count: int, spread: float = 0.3, *, seed: int = 0) -> LatencySample:
+    """`count` latencies (seeded gamma draws) averaging `ms` with a coefficient of variation `spread`."""
+    rng = random.Random(f"{ms}/{count}/{seed}")
+    shape = 1 / spread**2
+    histogram = LatencyHistogram()
+    for _ in range(count):
+        histogram.record(rng.gammavariate(shape, ms / 1000 / shape))
+    return LatencySample.of(histogram)
 
 
 @dataclass
@@ -138,7 +141,7 @@ def test_fair_runs_stay_balanced(case: Case) -> None:
 def test_the_band_is_recorded_for_every_replica() -> None:
     judged = MUST_PASS[5].judge()
     test = judged.test
-    assert test["test"] == "share_band" and test["latency_test"] == "yuen_t"
+    assert test["test"] == "share_band" and test["latency_test"] == "mann_whitney_u"
     assert test["latency_significant"] == ["web-1", "web-2", "web-3"]
     for low, high, equal, fast in zip(
         test["low_shares"], test["high_shares"], test["equal_shares"], test["latency_shares"], strict=True
@@ -158,13 +161,13 @@ def test_weights_3_1_1_at_8_connections_hold_4_2_2_in_flight() -> None:
 
 
 def test_a_latency_difference_counts_only_when_significant() -> None:
-    same = stats.latency_model([sample(1.0, 500), sample(1.02, 500)], [True, True], 0.001)
+    same = stats.latency_model([sample(1.0, 500), sample(1.0, 500, seed=1)], [True, True], 0.001)
     assert not any(same.significant) and same.means[0] == same.means[1]
     slow = stats.latency_model([sample(1.0, 500), sample(5.0, 500)], [True, True], 0.001)
-    assert all(slow.significant) and slow.means == pytest.approx([0.001, 0.005])
+    assert all(slow.significant) and slow.means == pytest.approx([0.001, 0.005], rel=0.05)
     once = stats.latency_model([sample(2.0, 999), sample(2.1, 1)], [True, True], 0.001)
-    assert once.p_values[1] is None and not once.significant[1]  # one answer: no variance, no test
-    assert stats.yuen_p_value(sample(1.0, 1), sample(1.0, 10)) is None
+    assert once.p_values[1] is None and not once.significant[1]  # one answer: no test
+    assert stats.rank_sum_p_value(sample(1.0, 1), sample(1.0, 10)) is None
 
 
 def test_a_few_stalled_requests_neither_hide_nor_fake_a_latency_difference() -> None:
@@ -180,19 +183,21 @@ def test_a_few_stalled_requests_neither_hide_nor_fake_a_latency_difference() -> 
 
     hidden = stats.latency_model([replica(0.0004, 0), replica(0.0024, 3)], [True, True], 0.001)
     assert hidden.significant == [True, True]
-    assert hidden.means[1] == pytest.approx(0.0024, rel=0.1)  # the trimmed mean ignores the stalls
     faked = stats.latency_model([replica(0.0004, 0), replica(0.0004, 3)], [True, True], 0.001)
     assert faked.significant == [False, False] and faked.means[0] == faked.means[1]
 
 
-def test_trimmed_mean_and_winsorized_variance() -> None:
-    histogram = LatencyHistogram()
-    for v in [0.001] * 8 + [0.1, 0.2]:
-        histogram.record(v)
-    mean, variance = histogram.trimmed(0.2)
-    assert mean == pytest.approx(0.001, rel=0.01)  # the two largest are cut
-    assert variance == pytest.approx(0.0, abs=1e-9)  # ...and winsorized to the kept ones
-    assert histogram.trimmed(0.0)[0] == pytest.approx(histogram.mean, rel=0.01)
+def test_a_cpu_throttled_replica_counts_with_its_mean_latency() -> None:
+    """Throttled to a sliver of a core, most answers are quick and a third wait for the next
+    period: the rank test sees it, and the model uses the mean, as Little's law needs."""
+    rng = random.Random(2)
+    quick, throttled = LatencyHistogram(), LatencyHistogram()
+    for i in range(600):
+        quick.record(rng.gammavariate(11, 0.0012 / 11))
+        throttled.record(rng.gammavariate(11, 0.0012 / 11) + (rng.uniform(0.02, 0.09) if i % 3 == 0 else 0))
+    model = stats.latency_model([LatencySample.of(throttled), LatencySample.of(quick)], [True, True], 0.001)
+    assert model.significant == [True, True]
+    assert model.means[0] == pytest.approx(throttled.mean) and model.means[0] > 10 * model.means[1]
 
 
 def test_histogram_variance_is_exact() -> None:
@@ -216,7 +221,7 @@ def simulate(
     rng = random.Random(seed)
     n = len(latency)
     in_flight, current, counts = [0] * n, [0] * n, [0] * n
-    times: list[list[float]] = [[] for _ in range(n)]
+    times = [LatencyHistogram() for _ in range(n)]
     events: list[tuple[float, int]] = []
     shape = 1 / 0.3**2
 
@@ -237,7 +242,7 @@ def simulate(
         in_flight[i] += 1
         counts[i] += 1
         took = latency[i] * rng.gammavariate(shape, 1 / shape)
-        times[i].append(took)
+        times[i].record(took)
         heapq.heappush(events, (now + took, i))
 
     for _ in range(connections):
@@ -246,8 +251,7 @@ def simulate(
         now, i = heapq.heappop(events)
         in_flight[i] -= 1
         start(now)
-    samples = [LatencySample(len(t), statistics.fmean(t), statistics.variance(t)) for t in times]
-    return counts, samples
+    return counts, [LatencySample.of(t) for t in times]
 
 
 SIMULATED = [
