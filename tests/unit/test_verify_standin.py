@@ -163,3 +163,18 @@ def test_hash_spread_over_clients_end_to_end() -> None:
         )
     assert result.verdict == "balanced", result.reason
     assert result.test["sticky_clients"] == result.test["clients"] == 30
+
+
+def test_terminal_and_report_describe_the_test_in_the_same_words() -> None:
+    import html
+
+    from lab import ui
+    from lab.describe import describe
+
+    with StandIn(spread({"web-1": 200, "web-2": 200, "web-3": 200})) as lb:
+        result = verifier.verify(verifier.url_target(lb.url, "least_conn", replicas=3), plan(concurrency=1))
+    words = describe(result)
+    assert "Little's law" in words.sentence and "one connection" in words.sentence
+    assert words.sentence in html.unescape(render_verify_report(result))
+    assert words.sentence in ui.verify_summary(result) and words.name in ui.verify_summary(result)
+    assert "No statistical test could judge" not in words.sentence
