@@ -151,6 +151,19 @@ class SessionReaper:
     port: int
     sock: socket.socket
 
+    def check(self) -> None:
+        """Raise ReaperFailed if the reaper hung up (someone removed it): the session is unguarded."""
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # nothing to read, nothing closed: it holds on
+        except OSError as exc:
+            raise ReaperFailed(f"the connection to the reaper {self.container} broke: {exc}") from exc
+        if not data:
+            raise ReaperFailed(
+                f"the reaper {self.container} hung up; labs started now would never be removed"
+            )
+
     def keep(self, lab: str) -> None:
         """Tell the reaper to leave lab `lab` running after the session (pytest --lab-keep)."""
         try:
