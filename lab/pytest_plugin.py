@@ -339,6 +339,7 @@ def _skip_fails(report: pytest.TestReport | pytest.CollectReport) -> None:
     if hasattr(report, "wasxfail"):
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
     where = f"{report.longrepr[0]}:{report.longrepr[1]}: " if isinstance(report.longrepr, tuple) else ""
     report.outcome = "failed"
     report.longrepr = f"{where}CI={os.environ.get('CI')}, where nothing may skip, and this skipped: {reason}"
