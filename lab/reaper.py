@@ -46,6 +46,7 @@ SOCKET_INSIDE = "/var/run/docker.sock"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 DEFAULT_GRACE = 10  # seconds with no connection before a session's labs go (Ryuk waits 10 s too)
 FIRST_CONNECTION = 60  # seconds a new reaper waits for its first connection
+ANSWER_TIMEOUT = 10  # seconds the reaper may take to answer a line
 GRACE_ENV = "LAB_REAPER_GRACE"
 SOCKET_ENV = "LAB_REAPER_SOCKET"  # the engine's socket as a path on the engine's host
 DOCKERFILE = """\
@@ -153,12 +154,15 @@ class SessionReaper:
 
     def check(self) -> None:
         """Raise ReaperFailed if the reaper hung up (someone removed it): the session is unguarded."""
+        self.sock.setblocking(False)  # a peek that must not wait (a timeout would make it wait)
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return  # nothing to read, nothing closed: it holds on
         except OSError as exc:
             raise ReaperFailed(f"the connection to the reaper {self.container} broke: {exc}") from exc
+        finally:
+            self.sock.settimeout(ANSWER_TIMEOUT)
         if not data:
             raise ReaperFailed(
                 f"the reaper {self.container} hung up; labs started now would never be removed"
@@ -258,7 +262,7 @@ def _greet(port: int, session: str) -> socket.socket | None:
         sock.close()  # not listening yet (the engine's proxy accepted and hung up), or closing
         return None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.settimeout(10)
+    sock.settimeout(ANSWER_TIMEOUT)
     return sock
 
 

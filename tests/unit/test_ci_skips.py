@@ -56,9 +56,7 @@ def test_under_ci_a_skip_fails_and_says_why(
     monkeypatch.setenv("CI", "yes")
     result = _run(pytester, forbid=True)
     result.assert_outcomes(passed=1, failed=1, errors=1, xfailed=1)  # the mark skips in setup: an error
-    result.stdout.fnmatch_lines(
-        ["*CI=yes, where nothing may skip, and this skipped: no frobnicator here*"]
-    )
+    result.stdout.fnmatch_lines(["*CI=yes, where nothing may skip, and this skipped: no frobnicator here*"])
     result.stdout.fnmatch_lines(["*CI=yes, where nothing may skip, and this skipped: marked away*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
