@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 PREFIX = "lab."
 NAME = "lab.name"
@@ -31,6 +32,15 @@ def session_id() -> str:
     nothing decides on it (ownership is held by a reaper connection, see lab/reaper.py).
     """
     return os.environ.get("LAB_SESSION") or f"pid{os.getpid()}"
+
+
+def new_session_id() -> str:
+    """A fresh id for a pytest session (xdist workers share their controller's).
+
+    `pytest.`, not `pytest-`: older versions of lab, which may still run beside this one on a
+    shared engine, swept away labs of `pytest-...` sessions whose process they could not see.
+    """
+    return f"pytest.{uuid.uuid4().hex[:12]}"
 
 
 def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:

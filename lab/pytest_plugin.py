@@ -218,7 +218,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEPT_KEY] = []
     config.stash[_SESSION_LABS_KEY] = []
     # xdist workers inherit the controller's id, so one run is one session (and has one reaper).
-    os.environ.setdefault("LAB_SESSION", f"pytest-{uuid.uuid4().hex[:12]}")
+    os.environ.setdefault("LAB_SESSION", labels.new_session_id())
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,7 @@ def served_by(url: str, n: int) -> collections.Counter[str]:
 
 # Inner pytest sessions (the plugin's and the reaper's tests) -----------------------------------
 def new_session_id() -> str:
-    return f"pytest-{uuid.uuid4().hex[:12]}"
+    return labels.new_session_id()
 
 
 def remove_session(engine: Engine, session_id: str) -> None:

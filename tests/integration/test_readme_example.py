@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
 from lab import lab as orchestrator
@@ -21,7 +18,7 @@ HEADING = "Testing your multi-container app with lab"
 def test_the_readme_example_passes_and_leaves_nothing(
     pytester: pytest.Pytester, lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    session = labels.new_session_id()
     monkeypatch.setenv("LAB_SESSION", session)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(test_my_app=EXAMPLE.read_text())
