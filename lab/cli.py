@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -13,6 +14,7 @@ import click
 
 from lab import lab as orchestrator
 from lab import live, ui
+from lab import reaper as reapers
 from lab import report as reports
 from lab import verify as verifier
 from lab.docker_ops import ENGINE_REFUSALS, Engine, refusal_message
@@ -28,7 +30,9 @@ from lab.spec import (
     DEFAULT_SITE,
     MAX_REPLICAS,
     LabSpec,
+    format_duration,
     parse_algorithm,
+    parse_ttl,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,17 +85,31 @@ def cli() -> None:
 @cli.command()
 @spec_options
 @balance_options
+@click.option(
+    "--ttl", default=None, help="Remove the lab by itself after this long: 30m, 2h, 1h30m (10s to 7d)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def up(name: str, replicas: str, port: str, bind: str, site: str, quiet: bool, **balance: object) -> None:
+def up(
+    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, **balance: object
+) -> None:
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
         name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
     )
+    seconds = parse_ttl(ttl) if ttl is not None else None
     engine = Engine.connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
-        lab_status = orchestrator.up(engine, spec, progress)
+        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds)
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
+    _print_expiry(lab_status)
+
+
+def _print_expiry(lab_status: orchestrator.LabStatus) -> None:
+    if lab_status.expires_at is not None:
+        left = format_duration(lab_status.expires_at - time.time())
+        at = time.strftime("%H:%M:%S", time.localtime(lab_status.expires_at))
+        ui.out.print(f"lab {lab_status.name} removes itself in {left} (at {at}; `lab down` removes it now)")
 
 
 @cli.command()
@@ -120,6 +138,7 @@ def status(name: str, as_json: bool) -> None:
         ui.print_json(lab_status.as_dict())
     else:
         ui.out.print(ui.status_table(lab_status))
+        _print_expiry(lab_status)
 
 
 @cli.command()
@@ -425,12 +444,13 @@ def experiment(
 @cli.command()
 @click.option("--pull", is_flag=True, help="Try to pull the official images first (needs a registry).")
 def images(pull: bool) -> None:
-    """Make sure the httpd and nginx base images exist (official ones, or built offline)."""
+    """Make sure the httpd and nginx base images (official ones, or built offline) and the reaper image exist."""
     engine = Engine.connect()
     with ui.progress_bar("base images") as progress:
         base = ensure_base_images(engine.client, pull=pull, progress=progress)
+        reaper_image = reapers.ensure_image(engine, progress)
     kind = "offline stand-ins built from Debian packages" if base.offline else "official images"
-    ui.out.print(f"httpd: {base.httpd}\nnginx: {base.nginx}\n({kind})")
+    ui.out.print(f"httpd: {base.httpd}\nnginx: {base.nginx}\n({kind})\nreaper: {reaper_image}")
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 from docker.models.containers import Container
 from docker.models.networks import Network
 
@@ -39,13 +40,15 @@ class ContainerRequest:
     hostname: str | None = None
     command: list[str] | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "80/tcp" -> (bind, port)
+    ports: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # "80/tcp" -> (bind, port or any)
     cap_add: tuple[str, ...] = ()
     mem_limit: str = "128m"
     pids_limit: int = 256
     restart: str | None = None  # e.g. "unless-stopped"
     extra_hosts: dict[str, str] = field(default_factory=dict)
     network_disabled: bool = False
+    binds: dict[str, str] = field(default_factory=dict)  # host path -> path inside; the host path must exist
+    read_only: bool = False  # a read-only root file system
 
 
 class Engine:
@@ -155,7 +158,35 @@ class Engine:
             kwargs["ports"] = dict(req.ports)
         if req.restart:
             kwargs["restart_policy"] = {"Name": req.restart}
+        if req.binds:  # a mount, not a -v bind: a missing host path is an error, not a new directory
+            kwargs["mounts"] = [
+                docker.types.Mount(target, source, type="bind") for source, target in req.binds.items()
+            ]
+        if req.read_only:
+            kwargs["read_only"] = True
         return self.client.containers.create(req.image, **kwargs)
+
+    def create_unless_named(self, req: ContainerRequest) -> Container | None:
+        """Create a container unless one named `req.name` exists (then None): the name is a lock the
+        engine holds, so two processes racing to create the same container get one."""
+        try:
+            return self.create_container(req)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return None
+            raise
+
+    def container_named(self, name: str) -> Container | None:
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
+    def published_port(self, container: Container, port: str) -> int | None:
+        """The host port the engine chose for `port` ("8080/tcp"), or None if it is not published."""
+        container.reload()
+        bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(port) or []
+        return int(bindings[0]["HostPort"]) if bindings else None
 
     def start(self, container: Container) -> None:
         try:

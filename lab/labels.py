@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 PREFIX = "lab."
 NAME = "lab.name"
@@ -12,6 +13,7 @@ SESSION = "lab.session"
 PID = "lab.pid"
 SPEC = "lab.spec"
 SITE_VERSION = "lab.site-version"
+EXPIRES = "lab.expires"  # UNIX time at which a `lab up --ttl` lab removes itself (on its reaper)
 
 ROLE_WEB = "web"
 ROLE_LB = "lb"
@@ -19,11 +21,26 @@ ROLE_CHECK = "config-check"
 ROLE_BACKEND_NET = "backend"
 ROLE_FRONTEND_NET = "frontend"
 ROLE_SITE_IMAGE = "site-image"
+ROLE_REAPER = "reaper"
+ROLE_REAPER_IMAGE = "reaper-image"
 
 
 def session_id() -> str:
-    """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it)."""
+    """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it).
+
+    The pid is only a name: it means nothing in another PID namespace or on another machine, so
+    nothing decides on it (ownership is held by a reaper connection, see lab/reaper.py).
+    """
     return os.environ.get("LAB_SESSION") or f"pid{os.getpid()}"
+
+
+def new_session_id() -> str:
+    """A fresh id for a pytest session (xdist workers share their controller's).
+
+    `pytest.`, not `pytest-`: older versions of lab, which may still run beside this one on a
+    shared engine, swept away labs of `pytest-...` sessions whose process they could not see.
+    """
+    return f"pytest.{uuid.uuid4().hex[:12]}"
 
 
 def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
@@ -45,6 +62,16 @@ def lab_filter(name: str, role: str | None = None) -> dict[str, list[str]]:
     if role is not None:
         wanted.append(f"{ROLE}={role}")
     return {"label": wanted}
+
+
+def session_labs(session: str) -> list[str]:
+    """Docker label filters (ANDed) for the lab resources of one session; reapers carry no lab name."""
+    return [f"{SESSION}={session}", NAME]
+
+
+def for_session_reaper(session: str) -> dict[str, str]:
+    """Labels of the reaper that guards `session`: it belongs to no lab."""
+    return {ROLE: ROLE_REAPER, SESSION: session}
 
 
 def any_lab_filter() -> dict[str, list[str]]:

@@ -38,6 +38,9 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["up", "--site", "/no/such/dir"], "site directory '/no/such/dir' does not exist"),
         (["up", "--name", "Bad_Name"], "lab name must be"),
         (["up", "--no-such-flag"], "No such option"),
+        (["up", "--ttl", "0"], "ttl must be between 10s and 7d (a week), not 0"),
+        (["up", "--ttl", "abc"], "ttl must be a duration such as 30m, 2h or 1h30m, not 'abc'"),
+        (["up", "--ttl", "8d"], "ttl must be between 10s and 7d (a week), not 8d"),
         (["render", "--replicas", "0"], "replicas must be between"),
     ],
 )
