@@ -277,7 +277,10 @@ class Engine:
                 except docker.errors.NotFound:
                     break
                 except docker.errors.APIError as exc:
-                    if "active endpoints" not in str(exc) or time.monotonic() > deadline:
+                    busy = "active endpoints" in str(exc) or "in use by task" in str(
+                        exc
+                    )  # swarm: tasks stopping
+                    if not busy or time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
         return removed

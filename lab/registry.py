@@ -324,7 +324,7 @@ def lab_site_image(engine: Engine, lab: str) -> tuple[str, str]:
     replicas = engine.containers(labels.lab_filter(lab, labels.ROLE_WEB))
     if not replicas:
         raise LabError(f"there is no lab named {lab!r} to push from; start one with `lab up --name {lab}`")
-    newest = max(replicas, key=labels.replica_index)
+    newest = max(replicas, key=lambda c: labels.replica_index(c.labels))
     image = str(newest.attrs.get("Config", {}).get("Image") or "")
     return image, newest.labels.get(labels.SITE_VERSION, "")
 
