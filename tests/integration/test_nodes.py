@@ -17,6 +17,7 @@ import requests
 from lab import labels, nodes, registry, swarm
 from lab.distribution import deliver
 from lab.docker_ops import ContainerRequest, Engine, ServiceRequest, TaskInfo
+from lab.errors import SwarmError
 from lab.images import BaseImages, ensure_base_images
 from lab.pytest_plugin import free_port, unique_name
 from lab.site import ensure_site_image
@@ -99,6 +100,19 @@ def test_without_init_an_engine_outside_swarm_mode_is_refused(lab_engine: Engine
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert swarm.view(lab_engine).state == "inactive"
     assert not nodes.node_containers(lab_engine)
+
+
+def test_a_failed_add_removes_its_nodes_and_a_swarm_it_initialised(
+    lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = engine_state(lab_engine)
+    prefix = unique_name("fail")
+    monkeypatch.setattr(nodes, "join_command", lambda *_: ["sh", "-c", "echo 'join refused (test)'; exit 1"])
+    with pytest.raises(SwarmError, match=f"node {prefix}-1 could not join the swarm: join refused"):
+        nodes.add(lab_engine, 2, init=before.swarm == "inactive", prefix=prefix)
+    assert not nodes.node_containers(lab_engine, prefix)
+    assert not any(lab_engine.volume_exists(nodes.volume_name(f"{prefix}-{i}")) for i in (1, 2))
+    assert engine_state(lab_engine) == before
 
 
 # Two workers -------------------------------------------------------------------------------------
