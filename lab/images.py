@@ -177,6 +177,22 @@ def ensure_base_images(
     return BaseImages(httpd=httpd.ref, nginx=nginx.ref, offline=httpd.offline or nginx.offline)
 
 
+def ensure_standins(
+    client: docker.DockerClient, standins: Iterable[StandIn], *, progress: ProgressFn | None = None
+) -> list[str]:
+    """Build whichever of `standins` (other images built the same way: registry, node) are missing.
+
+    Returns the tags it built (none when all existed).
+    """
+    report = progress or (lambda _step, _fraction: None)
+    tags = _local_tags(client)
+    wanted = [s for s in standins if s.tag not in tags]
+    if wanted:
+        _build_all(client, wanted, tags, report)
+    report("images ready", 1.0)
+    return [s.tag for s in wanted]
+
+
 def _local_tags(client: docker.DockerClient) -> set[str]:
     try:
         listed = client.api.images()

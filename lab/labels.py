@@ -24,6 +24,18 @@ ROLE_SITE_IMAGE = "site-image"
 ROLE_REAPER = "reaper"
 ROLE_REAPER_IMAGE = "reaper-image"
 
+# Engine-wide resources, shared by every lab (no lab.name: `lab down` and the test sweep never
+# touch them): the local registry and the swarm nodes on this desk.
+ROLE_REGISTRY = "registry"
+ROLE_REGISTRY_STORAGE = "registry-storage"
+ROLE_REGISTRY_NET = "registry-network"
+ROLE_NODE = "node"
+ROLE_NODE_STORAGE = "node-storage"
+REGISTRY = "lab.registry"  # the registry a resource belongs to
+NODE_SET = "lab.node-set"  # the name prefix of a group of nodes
+SWARM_INIT = "lab.swarm-init"  # on the swarm spec: the lab initialised this swarm (when, by whom)
+SWARM_GWBRIDGE = "lab.swarm-gwbridge"  # on the swarm spec: "created" if docker_gwbridge came with it
+
 
 def session_id() -> str:
     """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it).
@@ -49,6 +61,21 @@ def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
     for key, value in extra.items():
         labels[PREFIX + key.replace("_", "-")] = value
     return labels
+
+
+def for_component(role: str, **extra: str) -> dict[str, str]:
+    """Labels for an engine-wide resource playing `role` (the registry, a node): no lab name."""
+    found = {ROLE: role, SESSION: session_id(), PID: str(os.getpid())}
+    for key, value in extra.items():
+        found[PREFIX + key.replace("_", "-")] = value
+    return found
+
+
+def role_filter(role: str, **extra: str) -> dict[str, list[str]]:
+    """A Docker `filters` value matching resources playing `role` (and the `extra` labels)."""
+    wanted = [f"{ROLE}={role}"]
+    wanted += [f"{PREFIX}{key.replace('_', '-')}={value}" for key, value in extra.items()]
+    return {"label": wanted}
 
 
 def replica_index(found: dict[str, str]) -> int:
