@@ -21,7 +21,7 @@ from lab.pytest_plugin import LabHandle
 from .conftest import run_lab, write_site
 
 RATE = 150
-RELOAD_RUN = 16  # seconds: the check after the last reload must have a whole second left to judge
+RELOAD_RUN = 24  # seconds: on a busy machine the last reload ends late, and its check needs time left
 
 
 def numbers(result: ExperimentResult) -> str:
@@ -152,7 +152,7 @@ def test_failover_fails_its_check_when_nginx_keeps_trying_the_dead_replica(
     lab = lab_cluster(replicas=3, max_fails=0, fail_timeout=2)
     run = run_lab(
         "experiment", "failover", "--name", lab.name, "--rate", "60", "--duration", "10",
-        "--replica", "2", "--json",
+        "--replica", "2", "--restore", "no", "--json",
     )  # fmt: skip
     assert run.code == 1, run.stderr
     data = json.loads(run.stdout)
