@@ -142,8 +142,19 @@ def _describe_stop(replica: ReplicaInfo) -> str:
     return replica.status
 
 
-def _change_kind(added_versions: set[str], removed_versions: set[str]) -> str:
-    if added_versions and removed_versions and added_versions != removed_versions:
+def _broken(replica: ReplicaInfo | None) -> bool:
+    return replica is not None and (replica.status != "running" or not replica.connected)
+
+
+def _upstream_change_kind(old: Membership, new: Membership, added: list[str], removed: list[str]) -> str:
+    """chaos: broken replicas left out, or restored ones back in; deploy: versions changed; else scale."""
+    if not added and all(_broken(new.replica(h)) for h in removed):
+        return "chaos"
+    if not removed and all(_broken(old.replica(h)) for h in added):
+        return "chaos"
+    versions_in = {r.version for h in added if (r := new.replica(h))}
+    versions_out = {r.version for h in removed if (r := old.replica(h))}
+    if versions_in and versions_out and versions_in != versions_out:
         return "deploy"
     return "scale"
 
@@ -185,10 +196,8 @@ def diff(old: Membership | None, new: Membership, at: float) -> list[LabEvent]:
         added = [h for h in new.upstream if h not in old.upstream]
         removed = [h for h in old.upstream if h not in new.upstream]
         if added or removed:
-            versions_in = {after[h].version for h in added if h in after}
-            versions_out = {before[h].version for h in removed if h in before}
             change = ", ".join([f"+{h}" for h in added] + [f"-{h}" for h in removed])
-            say(_change_kind(versions_in, versions_out),
+            say(_upstream_change_kind(old, new, added, removed),
                 f"upstream now {len(new.upstream)} replicas ({change})")  # fmt: skip
     if (old.method, old.weights, old.backup) != (new.method, new.weights, new.backup) and new.method:
         parts = []

@@ -54,7 +54,7 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
-def render(state: LiveState, height: int = 40) -> RenderableType:
+def render(state: LiveState, height: int = 40, width: int = 160) -> RenderableType:
     """The whole screen for `state`: a header, one row per replica, the latest events."""
     header = Text.assemble(
         ("lab ", "bold"),
@@ -68,38 +68,48 @@ def render(state: LiveState, height: int = 40) -> RenderableType:
         f"\n{state.rps:,.0f} req/s now, {state.rps_10s:,.0f} over 10 s, {state.rps_60s:,.0f} over 60 s   "
         f"{state.total_requests:,} requests since {_clock(state.since)}   5xx {state.errors:,}",
     )
+    # Names and numbers first: on a narrow terminal the sparkline, then the bar, give way.
+    name_width = max([7] + [len(r.name) for r in state.replicas])
+    with_bar = width >= name_width + 70 + BAR
+    with_spark = width >= name_width + 72 + BAR + SPARK
+    with_10s = width >= name_width + 80
     table = Table(expand=True, pad_edge=False, header_style="bold")
-    table.add_column("replica", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("share  (| expected)", no_wrap=True)
-    table.add_column("share", justify="right")
-    table.add_column("expect", justify="right")
-    table.add_column("req/s", justify="right")
-    table.add_column("10 s", justify="right")
-    table.add_column("p95 ms", justify="right")
-    table.add_column("5xx", justify="right")
-    table.add_column("requests", justify="right")
-    table.add_column(f"last {SPARK} s", no_wrap=True)
+    table.add_column("replica", no_wrap=True, min_width=name_width)
+    table.add_column("state", no_wrap=True, min_width=8)
+    if with_bar:
+        table.add_column("share  (| expected)", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    table.add_column("expect", justify="right", no_wrap=True)
+    table.add_column("req/s", justify="right", no_wrap=True)
+    if with_10s:
+        table.add_column("10 s", justify="right", no_wrap=True)
+    table.add_column("p95 ms", justify="right", no_wrap=True)
+    table.add_column("5xx", justify="right", no_wrap=True)
+    table.add_column("requests", justify="right", no_wrap=True)
+    if with_spark:
+        table.add_column(f"last {SPARK} s", no_wrap=True)
     scale = max(
         [0.01] + [r.share for r in state.replicas] + [r.expected_share or 0.0 for r in state.replicas]
     )
     top = max([0] + [v for r in state.replicas for v in r.sparkline[-SPARK:]])
     for r in state.replicas:
-        table.add_row(
-            escape(r.name),
-            Text(r.state, style=_STATE_STYLE.get(r.state, "")),
-            share_bar(r.share, r.expected_share, scale),
+        cells: list[RenderableType] = [escape(r.name), Text(r.state, style=_STATE_STYLE.get(r.state, ""))]
+        if with_bar:
+            cells.append(share_bar(r.share, r.expected_share, scale))
+        cells += [
             f"{r.share:.1%}",
             "-" if r.expected_share is None else f"{r.expected_share:.1%}",
             f"{r.rps:,.0f}",
-            f"{r.rps_10s:,.1f}",
+            *([f"{r.rps_10s:,.1f}"] if with_10s else []),
             _ms(r.p95_ms),
             Text(f"{r.errors:,}", style="red" if r.errors else ""),
             f"{r.requests:,}",
-            Text(sparkline(r.sparkline[-SPARK:], top), style="blue"),
-        )
+        ]
+        if with_spark:
+            cells.append(Text(sparkline(r.sparkline[-SPARK:], top), style="blue"))
+        table.add_row(*cells)
     if not state.replicas:
-        table.add_row("(no replicas)", "", "", "", "", "", "", "", "", "", "")
+        table.add_row("(none)")
     room = max(3, height - len(state.replicas) - 9)
     events = Table.grid(padding=(0, 1))
     events.add_column(style="dim", no_wrap=True)

@@ -47,7 +47,7 @@ function makeTile(name) {
     state,
     rps,
     requests: field("requests", "requests"),
-    share: field("share / expected", "share"),
+    share: field("share (expected)", "share"),
     p95: field("p95 ms", "p95"),
     errors: field("5xx", "errors"),
     spark: svg("svg", { class: "spark", viewBox: "0 0 120 30", preserveAspectRatio: "none", "aria-hidden": "true" }),
@@ -82,7 +82,7 @@ function drawTiles(state) {
     parts.state.textContent = r.state;
     parts.rps.textContent = `${fmt(r.rps)} req/s`;
     parts.requests.textContent = fmt(r.requests);
-    parts.share.textContent = `${pct(r.share)} / ${pct(r.expected_share)}`;
+    parts.share.textContent = `${pct(r.share)} (${pct(r.expected_share)})`;
     parts.p95.textContent = r.p95_ms === null ? "–" : fmt(r.p95_ms, 1);
     parts.errors.textContent = fmt(r.errors);
     const points = r.sparkline.map((v, i) => `${(i * 120) / (r.sparkline.length - 1)},${29 - (v / top) * 27}`);
