@@ -18,6 +18,7 @@ from rich.text import Text
 from lab.livestate import DOWN, DRAINING, SERVING, STARTING, LiveState
 
 REFRESH_S = 0.25
+PIPE_EVERY_S = 2.0  # not on a terminal: the whole view this often
 BAR = 24  # cells of the share bar
 SPARK = 30  # seconds of history in the sparkline column
 _TICKS = " ▁▂▃▄▅▆▇█"
@@ -128,8 +129,19 @@ def render(state: LiveState, height: int = 40, width: int = 160) -> RenderableTy
 
 
 def run(state: Callable[[], LiveState], console: Console, *, refresh: float = REFRESH_S) -> None:
-    """Redraw until Ctrl-C (KeyboardInterrupt reaches the caller after the screen is restored)."""
-    with Live(render(state(), console.size.height), console=console, screen=True, auto_refresh=False) as live:
+    """Redraw until Ctrl-C (KeyboardInterrupt reaches the caller after the screen is restored).
+
+    Not on a terminal (a pipe, a CI log), it prints the whole view every PIPE_EVERY_S instead.
+    """
+    if not console.is_terminal:
+        while True:
+            time.sleep(PIPE_EVERY_S)
+            console.print(render(state(), *_size(console)))
+    with Live(render(state(), *_size(console)), console=console, screen=True, auto_refresh=False) as live:
         while True:
             time.sleep(refresh)
-            live.update(render(state(), console.size.height), refresh=True)
+            live.update(render(state(), *_size(console)), refresh=True)
+
+
+def _size(console: Console) -> tuple[int, int]:
+    return console.size.height, console.size.width

@@ -85,9 +85,13 @@ class Guard:
 
 def create_app(
     *, lab: str, state: StateFn, run_action: ActionFn, token: str, bind: str, port: int,
-    stream_every: float = STREAM_EVERY_S,
+    stream_every: float = STREAM_EVERY_S, stopping: Callable[[], bool] = lambda: False,
 ) -> ASGIApp:  # fmt: skip
-    """The dashboard of lab `lab` served on bind:port; `state` and `run_action` do the work."""
+    """The dashboard of lab `lab` served on bind:port; `state` and `run_action` do the work.
+
+    Event streams end by themselves once `stopping()` is true, so a shutdown never has to
+    cancel them.
+    """
 
     async def page(_: Request) -> Response:
         html = render_html("dashboard.html.j2", lab=lab, token=token, methods=ALGORITHMS)
@@ -102,7 +106,7 @@ def create_app(
     async def stream(_: Request) -> Response:
         async def events() -> AsyncIterator[str]:
             yield "retry: 1000\n\n"
-            while True:
+            while not stopping():
                 yield f"event: state\ndata: {json.dumps(state().as_json())}\n\n"
                 await asyncio.sleep(stream_every)
 

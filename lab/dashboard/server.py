@@ -68,7 +68,11 @@ def run_dashboard(
     try:
         token = new_token()
         runner = Runner(engine, name, feed.note)
-        app = create_app(lab=name, state=feed.state, run_action=runner, token=token, bind=bind, port=port)
+        server: uvicorn.Server | None = None
+        app = create_app(
+            lab=name, state=feed.state, run_action=runner, token=token, bind=bind, port=port,
+            stopping=lambda: server is not None and server.should_exit,
+        )  # fmt: skip
         url = url_of(bind, port)
         say(f"dashboard of lab {name}: {url}  (Ctrl-C stops it)")
         if not ipaddress.ip_address(bind).is_loopback:
@@ -84,9 +88,10 @@ def run_dashboard(
             access_log=False,
             server_header=False,
             proxy_headers=False,
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=2,  # open event streams end within STREAM_EVERY_S of a Ctrl-C
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
     finally:
         feed.close()
         sock.close()

@@ -5,6 +5,7 @@ headless Chromium (which also makes the README's screenshot when LAB_UPDATE_SCRE
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -34,7 +35,12 @@ from lab.pytest_plugin import LabHandle, free_port, in_ci
 from .conftest import run_lab
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Dashboard:
     url: str
     port: int
     token: str = ""
-    outputs: list[str] = field(default_factory=list)
+    streams: list[requests.Response] = field(default_factory=list)
 
     def state(self) -> dict[str, Any]:
         response = requests.get(self.url + "api/state", timeout=5)
@@ -65,11 +71,23 @@ class Dashboard:
         headers = {"X-Lab-Token": self.token if token is None else token}
         return requests.post(f"{self.url}api/actions/{kind}", json=body, headers=headers, timeout=120)
 
+    def first_streamed_state(self) -> dict[str, Any]:
+        """Open the event stream as the page does; return its first state and leave it open."""
+        response = requests.get(self.url + "api/stream", stream=True, timeout=10)
+        assert response.headers["content-type"].startswith("text/event-stream")
+        self.streams.append(response)
+        for text in response.iter_lines(decode_unicode=True):
+            if text.startswith("data: "):
+                return dict(json.loads(text[len("data: ") :]))
+        raise AssertionError("the event stream ended without a state")
+
     def stop(self) -> tuple[int, str, str]:
-        """Ctrl-C, as a user stops it; its exit status and output."""
+        """Ctrl-C, as a user stops it (open event streams included); its exit status and output."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
         out, err = self.process.communicate(timeout=20)
+        for stream in self.streams:
+            stream.close()
         return int(self.process.returncode), out, err
 
 
@@ -199,7 +217,11 @@ def test_refusals_and_bad_values_on_the_real_server_change_nothing(
 ) -> None:
     lab = lab_cluster(replicas=2)
     dash = dashboard_for(lab.name)
-    rebinding = requests.get(dash.url + "api/state", headers={"Host": f"rebind.example:{dash.port}"}, timeout=5)
+    streamed = dash.first_streamed_state()  # left open: stopping must end it cleanly
+    assert [r["name"] for r in streamed["replicas"]] == lab.replicas
+    rebinding = requests.get(
+        dash.url + "api/state", headers={"Host": f"rebind.example:{dash.port}"}, timeout=5
+    )
     assert rebinding.status_code == 403 and "not this dashboard's address" in rebinding.json()["error"]
     tokenless = requests.post(dash.url + "api/actions/scale", json={"replicas": 3}, timeout=5)
     assert tokenless.status_code == 403 and "token" in tokenless.json()["error"]
@@ -239,7 +261,9 @@ def test_a_taken_port_is_one_line_and_exit_2(lab_cluster: Callable[..., LabHandl
 
 
 # The terminal view --------------------------------------------------------------------------------
-def test_lab_watch_draws_full_screen_and_leaves_cleanly_on_ctrl_c(lab_cluster: Callable[..., LabHandle]) -> None:
+def test_lab_watch_draws_full_screen_and_leaves_cleanly_on_ctrl_c(
+    lab_cluster: Callable[..., LabHandle],
+) -> None:
     lab = lab_cluster(replicas=2)
     thread, _ = background_load(lab.spec.port, rate=100, duration=6)
     pid, fd = pty.fork()
@@ -271,6 +295,22 @@ def test_lab_watch_draws_full_screen_and_leaves_cleanly_on_ctrl_c(lab_cluster: C
     assert "\x1b[?1049h" in text and "\x1b[?1049l" in text  # entered and left the alternate screen
     assert all(name in text for name in lab.replicas) and "serving" in text
     assert "stopped watching" in text and "Traceback" not in text
+
+
+def test_lab_watch_in_a_pipe_prints_the_view_now_and_then(lab_cluster: Callable[..., LabHandle]) -> None:
+    lab = lab_cluster(replicas=2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lab", "watch", "--name", lab.name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert all(name in out for name in lab.replicas) and "\x1b[?1049h" not in out
+    assert out.rstrip().endswith(f"stopped watching lab {lab.name}") and "Traceback" not in err
 
 
 # A real browser ------------------------------------------------------------------------------------
