@@ -52,7 +52,11 @@ def cpu_seconds(pid: int) -> float:
 def engine_pid() -> int | None:
     """dockerd's pid, when it runs on this machine (its CPU is shared with whatever else uses it)."""
     found = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False).stdout.split()
-    return int(found[0]) if found else None
+    for pid in found:  # the host's engine, not one nested in a container (its parent is init)
+        status = Path(f"/proc/{pid}/status").read_text()
+        if "\nPPid:\t1\n" in status:
+            return int(pid)
+    return None
 
 
 def verify(name: str, requests_: int, concurrency: int) -> dict[str, object]:
@@ -174,48 +178,66 @@ def main() -> None:
     engine = Engine.connect()
     spec = LabSpec.create(name=f"bench-dash-{os.getpid()}", replicas=3, port=free_port())
     print(
-        f"lab {spec.name}: 3 replicas, {args.requests:,} requests per run, {args.concurrency} connections, {CORES} cores"
+        f"lab {spec.name}: {args.requests:,} requests per run, {args.concurrency} connections, {CORES} cores"
     )
     orchestrator.up(engine, spec)
+    dockerd = engine_pid()
+    alone: list[float] = []
+    rounds: list[dict[str, float]] = []
+    engine_cpu: dict[str, list[float]] = {"alone": [], "with": []}
+
+    def engine_mark() -> tuple[float, float]:
+        return (cpu_seconds(dockerd) if dockerd else 0.0), time.monotonic()
+
+    def engine_record(kind: str, mark: tuple[float, float]) -> None:
+        if dockerd:
+            engine_cpu[kind].append((cpu_seconds(dockerd) - mark[0]) / (time.monotonic() - mark[1]))
+
+    def run_alone(i: int) -> None:
+        mark = engine_mark()
+        alone.append(float(verify(spec.name, args.requests, args.concurrency)["throughput_rps"]))  # type: ignore[arg-type]
+        engine_record("alone", mark)
+        print(f"round {i}: verify alone: {alone[-1]:,.0f} req/s")
+
+    def run_with(i: int) -> None:
+        mark = engine_mark()
+        r = dashboard_round(spec.name, args.requests, args.concurrency)
+        engine_record("with", mark)
+        rounds.append(r)
+        print(
+            f"round {i}: with the dashboard: load balancer {r['lb_rps']:,.0f} req/s, dashboard counted "
+            f"{r['counted_rps']:,.0f} lines/s, {r['behind_at_end']:,.0f} behind when verify ended, caught up "
+            f"{r['catch_up_s']:.2f} s later ({r['counted']:,.0f} counted); dashboard CPU {r['cpu_s']:.2f} s over "
+            f"{r['wall_s']:.1f} s = {r['cpu_share_one_core']:.1%} of one core"
+        )
+
     try:
-        alone: list[float] = []
-        rounds: list[dict[str, float]] = []
-        dockerd = engine_pid()
-        engine_alone: list[float] = []
-        engine_with: list[float] = []
-        for i in range(args.rounds):
-            before, started = (cpu_seconds(dockerd) if dockerd else 0.0), time.monotonic()
-            alone.append(float(verify(spec.name, args.requests, args.concurrency)["throughput_rps"]))  # type: ignore[arg-type]
-            if dockerd:
-                engine_alone.append((cpu_seconds(dockerd) - before) / (time.monotonic() - started))
-            print(f"round {i + 1}: verify alone {alone[-1]:,.0f} req/s")
-            before, started = (cpu_seconds(dockerd) if dockerd else 0.0), time.monotonic()
-            r = dashboard_round(spec.name, args.requests, args.concurrency)
-            if dockerd:
-                engine_with.append((cpu_seconds(dockerd) - before) / (time.monotonic() - started))
-            rounds.append(r)
-            print(
-                f"round {i + 1}: with the dashboard: load balancer {r['lb_rps']:,.0f} req/s, "
-                f"dashboard counted {r['counted_rps']:,.0f} lines/s, {r['behind_at_end']:,.0f} behind when verify "
-                f"ended, caught up {r['catch_up_s']:.2f} s later ({r['counted']:,.0f} counted); "
-                f"dashboard CPU {r['cpu_s']:.2f} s over {r['wall_s']:.1f} s = {r['cpu_share_one_core']:.1%} of one core"
-            )
+        for i in range(1, args.rounds + 1):  # alternating which goes first, so a drift hits both
+            first, second = (run_alone, run_with) if i % 2 else (run_with, run_alone)
+            first(i)
+            second(i)
         ceiling = counting_ceiling()
-        lb = statistics.median(r["lb_rps"] for r in rounds)
-        counted = statistics.median(r["counted_rps"] for r in rounds)
-        share = statistics.median(r["cpu_share_one_core"] for r in rounds)
-        print()
-        print(f"load balancer at its maximum (verify, with the dashboard): {lb:,.0f} req/s (median)")
-        print(f"dashboard counted while it ran:                        {counted:,.0f} lines/s (median)")
-        print(f"verify with / without the dashboard:                   {lb / statistics.median(alone):.2f}")
-        print(
-            f"dashboard CPU while it did:                           {share:.1%} of one core, {share / CORES:.1%} of the machine"
-        )
-        print(
-            f"counting core alone, in-process ceiling:              {ceiling:,.0f} lines/s ({ceiling / lb:.1f}x the load balancer)"
-        )
     finally:
         orchestrator.remove_lab(engine, spec.name)
+    lb = statistics.median(r["lb_rps"] for r in rounds)
+    counted = statistics.median(r["counted_rps"] for r in rounds)
+    share = statistics.median(r["cpu_share_one_core"] for r in rounds)
+    per_line_us = statistics.median(r["cpu_s"] / r["counted"] * 1e6 for r in rounds)
+    print()
+    print(f"load balancer at its maximum (verify, with the dashboard): {lb:,.0f} req/s (median)")
+    print(f"dashboard counted meanwhile: {counted:,.0f} lines/s (median); never behind when verify ended")
+    print(f"verify with / without the dashboard: {lb / statistics.median(alone):.2f}")
+    print(
+        f"dashboard CPU meanwhile: {share:.1%} of one core ({share / CORES:.1%} of the machine), {per_line_us:.0f} us per line"
+    )
+    if engine_cpu["alone"] and engine_cpu["with"]:
+        print(
+            f"the engine (dockerd; shared, so noisy): {statistics.median(engine_cpu['with']):.1%} of one core with "
+            f"the dashboard, {statistics.median(engine_cpu['alone']):.1%} without"
+        )
+    print(
+        f"counting core alone, in-process ceiling: {ceiling:,.0f} lines/s ({ceiling / lb:.1f}x the load balancer)"
+    )
 
 
 if __name__ == "__main__":

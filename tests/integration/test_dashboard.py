@@ -163,6 +163,17 @@ def test_per_replica_counts_agree_with_the_loads_own_counts(
     assert state["total_requests"] == tally.sent  # nothing twice, nothing of our own
     assert [r["state"] for r in state["replicas"]] == ["serving"] * 3
     assert sum(r["expected_share"] for r in state["replicas"]) == pytest.approx(1.0, abs=1e-3)
+    # The page's verify and method switch are the commands' own functions.
+    verified = dash.post("verify", {"requests": 900})
+    assert verified.status_code == 200, verified.text
+    result = verified.json()["result"]
+    assert result["verdict"] == "balanced" and sum(result["replicas"].values()) == 900
+    state = dash.wait_for(lambda s: s["total_requests"] >= tally.sent + 900, timeout=10)
+    assert any(e["kind"] == "verify" and "balanced" in e["text"] for e in state["events"])
+    switched = dash.post("method", {"method": "least_conn"})
+    assert switched.status_code == 200 and switched.json()["result"] == {"method": "least_conn"}
+    state = dash.wait_for(lambda s: s["method"] == "least_conn", timeout=5)
+    assert any(e["kind"] == "configure" for e in state["events"])
 
 
 def test_a_load_balancer_restart_and_a_reload_mid_stream_count_nothing_twice(
