@@ -3,6 +3,7 @@ the page and the state API, served in-process by Starlette's TestClient."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -275,3 +276,19 @@ def test_dashboard_bad_options_are_one_line_and_exit_2(args: list[str], message:
     )
     assert result.returncode == ExitCode.USAGE
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_binding_a_taken_port_or_a_foreign_address_is_one_line() -> None:
+    from lab.dashboard.server import bind_socket, url_of
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"port {port} on 127.0.0.1 is already in use"):
+            bind_socket("127.0.0.1", port)
+    with pytest.raises(InvalidInput, match="192.0.2.1 is not an address of this machine"):
+        bind_socket("192.0.2.1", 8090)  # TEST-NET-1: never local
+    free = bind_socket("127.0.0.1", 0)
+    free.close()
+    assert url_of("0.0.0.0", 8090) == "http://127.0.0.1:8090/" and url_of("::1", 8090) == "http://[::1]:8090/"
