@@ -450,17 +450,13 @@ def experiment(
 def watch(name: str) -> None:
     """Full screen, live: each replica's share against the expected, req/s, p95 and state, and the lab's events."""
     from lab import watch as watcher  # imported here: this command is one self-contained block
-    from lab.livefeed import LiveFeed
+    from lab.livefeed import following
 
     engine = Engine.connect()
     live.find_running(engine, name)
-    feed = LiveFeed(engine, name).start()
-    try:
+    # Ctrl-C is how one leaves: the screen is restored and the exit is clean.
+    with following(engine, name) as feed, contextlib.suppress(KeyboardInterrupt):
         watcher.run(feed.state, ui.out)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how one leaves: the screen is restored, the exit is clean
-    finally:
-        feed.close()
     ui.out.print(f"stopped watching lab {name}")
 
 
