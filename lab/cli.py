@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from lab.spec import (
     LabSpec,
     format_duration,
     parse_algorithm,
+    parse_bind,
     parse_port,
     parse_ttl,
 )
@@ -452,6 +454,42 @@ def experiment(
         if report:
             ui.out.print(f"report: {report}")
     raise click.exceptions.Exit(ExitCode.OK if result.passed else ExitCode.FAILED)
+
+
+@cli.command()
+@name_option
+def watch(name: str) -> None:
+    """Full screen, live: each replica's share against the expected, req/s, p95 and state, and the lab's events."""
+    from lab import watch as watcher  # imported here: this command is one self-contained block
+    from lab.livefeed import following
+
+    engine = Engine.connect()
+    live.find_running(engine, name)
+    # Ctrl-C is how one leaves: the screen is restored and the exit is clean.
+    with following(engine, name) as feed, contextlib.suppress(KeyboardInterrupt):
+        watcher.run(feed.state, ui.out)
+    ui.out.print(f"stopped watching lab {name}")
+
+
+@cli.command()
+@name_option
+@click.option("--port", default="8090", show_default=True, help="Port the page is served on.")
+@click.option(
+    "--bind",
+    default=DEFAULT_BIND,
+    show_default=True,
+    help="Address to listen on; the page has controls, so keep it on loopback.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+def dashboard(name: str, port: str, bind: str, open_browser: bool) -> None:  # fmt: skip
+    """A live web page of the lab: tiles per replica, share chart, events, and demo controls."""
+    from lab.dashboard.server import run_dashboard  # imported here: this command is one self-contained block
+
+    port_number, address = parse_port(port), parse_bind(bind)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
+        run_dashboard(Engine.connect(), name, bind=address, port=port_number, open_browser=open_browser,
+                      say=lambda line: ui.out.print(line, highlight=False, soft_wrap=True))  # fmt: skip
+    ui.out.print("dashboard stopped")
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import docker
 import docker.errors
@@ -31,6 +31,22 @@ LineFn = Callable[[str], None]
 # What the engine raises when it refuses a request; the CLI shows it as one line.
 ENGINE_REFUSALS: tuple[type[Exception], ...] = (docker.errors.APIError,)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
+T = TypeVar("T")
+
+
+class Follow(Generic[T]):
+    """A stream the engine keeps open (a followed log, events); `close()` ends it from any thread."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        # Already closed, or the connection is gone: either way the stream ends.
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 @dataclass(frozen=True)
@@ -262,6 +278,18 @@ class Engine:
                 yield line.decode(errors="replace")
         if pending:
             yield pending.decode(errors="replace")
+
+    def follow_log(self, container: Container, since: float) -> Follow[bytes]:
+        """Follow the container's stdout from UNIX time `since` (inclusive), each line prefixed
+        with the engine's nanosecond timestamp. It ends when the container stops."""
+        stream = self.client.api.logs(
+            container.id, stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=since
+        )
+        return Follow(stream)
+
+    def events(self, filters: dict[str, list[str]]) -> Follow[dict[str, Any]]:
+        """The engine's events matching `filters` (decoded), as they happen."""
+        return Follow(self.client.events(decode=True, filters=filters))
 
     def logs(self, container: Container, tail: int = 40) -> str:
         try:
