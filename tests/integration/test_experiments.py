@@ -190,6 +190,7 @@ def test_reload_3_times_under_keep_alive_load_through_the_cli(
         "experiment", "reload", "--name", lab.name, "--rate", str(RATE), "--duration", str(RELOAD_RUN),
         "--times", "3", "--json", "--report", str(report),
     )  # fmt: skip
+    assert run.stdout, (run.code, run.stderr)
     data = json.loads(run.stdout)
     assert run.code == 0, (run.stderr, data["reason"], [c["detail"] for c in data["checks"]])
     print(
