@@ -205,6 +205,13 @@ class Engine:
     def attach(self, network: str, container: Container, aliases: list[str] | None = None) -> None:
         self.client.networks.get(network).connect(container, aliases=aliases)
 
+    def container_exists(self, container_id: str) -> bool:
+        try:
+            self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return False
+        return True
+
     def containers(self, filters: dict[str, list[str]]) -> list[Container]:
         # ignore_removed: a container removed between listing and inspecting is simply gone.
         return self.client.containers.list(all=True, filters=filters, ignore_removed=True)

@@ -455,7 +455,7 @@ def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
     networks = 0
     for network in engine.networks(selector):
         on_it = engine.network_containers(network)
-        reason = _held_by(on_it, ours, {c.id for c in kept})
+        reason = _held_by(engine, on_it, ours, {c.id for c in kept})
         if not reason:
             # Just after its containers went, the engine may need a moment to release their endpoints.
             reason = engine.remove_network(network, patience=patience if found else 0.5)
@@ -470,9 +470,10 @@ def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
     return Removed(containers, networks, volumes, tuple(left), running)
 
 
-def _held_by(on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
-    """Why a network cannot go yet because of what is on it ("" if nothing is)."""
-    others = sorted(name for cid, name in on_it.items() if cid not in ours)
+def _held_by(engine: Engine, on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
+    """Why a network cannot go yet because of what is on it ("" if nothing is). An endpoint of a
+    container that no longer exists holds nothing: the removal then tells whether it is stuck."""
+    others = sorted(name for cid, name in on_it.items() if cid not in ours and engine.container_exists(cid))
     if others:
         return (
             f"container {', '.join(others)}, not of this lab, is on it and is left alone; "
@@ -538,7 +539,7 @@ def _stuck_networks(engine: Engine, networks: list[Network], ours: set[str]) -> 
         on_it = engine.network_containers(network)
         if any(cid in ours for cid in on_it):
             continue
-        stuck.append(Leftover("network", network.name, _held_by(on_it, ours, set()) or STUCK))
+        stuck.append(Leftover("network", network.name, _held_by(engine, on_it, ours, set()) or STUCK))
     return tuple(sorted(stuck, key=lambda item: item.name))
 
 
