@@ -169,6 +169,12 @@ class Engine:
     def detach(self, network: str, container: Container) -> None:
         self.client.networks.get(network).disconnect(container, force=True)
 
+    def release_endpoints(self, container: Container) -> None:
+        """Take a container (running or not) off every network it is on; one gone already is fine."""
+        for network in container.attrs.get("NetworkSettings", {}).get("Networks") or {}:
+            with contextlib.suppress(docker.errors.APIError):  # not connected, or gone meanwhile
+                self.client.api.disconnect_container_from_network(container.id, network, force=True)
+
     # Containers -------------------------------------------------------------------------
     def create_container(self, req: ContainerRequest) -> Container:
         """Create (not start) a container that keeps only the privileges it needs."""

@@ -448,6 +448,11 @@ def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
     """
     selector = labels.lab_filter(name)
     found = engine.containers(selector)
+    # Docker 20.10 keeps a count of each network's endpoints, and releases of several endpoints
+    # of one network at once can leave it one too high: the network then stays "in use" until the
+    # engine restarts. So endpoints are released one at a time, and only the removal is parallel.
+    for container in found:
+        engine.release_endpoints(container)
     containers = engine.remove_containers(found)
     kept = engine.wait_gone(selector, timeout=30.0 if found else 0.0)
     ours = {c.id for c in found} | {c.id for c in kept}

@@ -112,6 +112,11 @@ class FakeEngine:
     def detach(self, network: str, container: FakeContainer) -> None:
         container.networks.remove(network)
 
+    def release_endpoints(self, container: FakeContainer) -> None:
+        with self.lock:
+            self.events.append(f"release {container.name}")
+            container.networks = []
+
     def create_container(self, req: ContainerRequest) -> FakeContainer:
         with self.lock:
             self.in_flight += 1
@@ -255,8 +260,10 @@ def test_containers_go_before_networks_are_removed() -> None:
     orchestrator.start_containers(engine, replica_requests(), quiet)  # type: ignore[arg-type]
     removed = orchestrator.remove_lab(engine, "fake")  # type: ignore[arg-type]
     assert (removed.containers, removed.networks, removed.left) == (4, 1, ())
-    assert engine.events[-1] == "remove network fake-backend"
-    assert all(e.startswith("remove container") for e in engine.events[:-1])
+    names = sorted(c for c in engine.started)
+    assert sorted(engine.events[:4]) == [f"release {n}" for n in names]  # one at a time, before any removal
+    assert sorted(engine.events[4:8]) == [f"remove container {n}" for n in names]
+    assert engine.events[8:] == ["remove network fake-backend"]
 
 
 def test_replicas_waiting_for_their_log_are_killed_so_a_rollback_does_not_wait_for_them() -> None:
@@ -327,7 +334,7 @@ def test_down_reports_a_lab_container_that_still_runs() -> None:
     engine.unremovable = {"fake-web-2"}
     removed = orchestrator.down(engine, "fake")  # type: ignore[arg-type]
     assert removed.running == ("fake-web-2",)
-    assert {left.name for left in removed.left} == {"fake-web-2", "fake-backend"}
+    assert [left.name for left in removed.left] == ["fake-web-2"]
 
 
 def test_up_does_not_depend_on_a_stuck_network(monkeypatch: pytest.MonkeyPatch) -> None:
