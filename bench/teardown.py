@@ -56,6 +56,7 @@ class Run:
     networks_left: int
     endpoints_counted: int  # networks left that the engine refuses to remove: "has active endpoints"
     note: str = ""
+    down_seconds: float = 0.0  # cycles: the part `lab down` took
 
 
 def lab_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -83,14 +84,16 @@ def count_leftovers(engine: Engine, name: str) -> tuple[int, int, int]:
 def cycle(engine: Engine, name: str, replicas: int) -> Run:
     started = time.monotonic()
     up = lab_cli("up", "--name", name, "--replicas", str(replicas), "--port", str(free_port()), "-q")
+    down_started = time.monotonic()
     down = lab_cli("down", "--name", name)
     seconds = time.monotonic() - started
+    down_seconds = time.monotonic() - down_started
     containers, networks, counted = count_leftovers(engine, name)
     note = "" if up.returncode == 0 else f"up failed: {up.stderr.strip()[-200:]}"
     if down.returncode != 0:
         note += f" down failed: {down.stderr.strip()[-200:]}"
     ok = up.returncode == 0 and down.returncode == 0
-    return Run("cycle", name, ok, 0, seconds, containers, networks, counted, note.strip())
+    return Run("cycle", name, ok, 0, seconds, containers, networks, counted, note.strip(), down_seconds)
 
 
 def rollback_on_broken_config(engine: Engine, name: str, replicas: int) -> Run:
@@ -149,8 +152,9 @@ def rollback_on_interrupt(engine: Engine, name: str, replicas: int, after: int) 
 def show(run: Run) -> None:
     flag = "ok " if run.ok and not (run.containers_left or run.networks_left) else "BAD"
     at = f" at {run.replicas_at_failure:2d}" if run.kind != "cycle" else "      "
+    down = f" (down {run.down_seconds:4.1f} s)" if run.kind == "cycle" else ""
     print(
-        f"{flag} {run.kind:9s} {run.name}{at}  {run.seconds:6.1f} s  containers left {run.containers_left}  "
+        f"{flag} {run.kind:9s} {run.name}{at}  {run.seconds:6.1f} s{down}  containers left {run.containers_left}  "
         f"networks left {run.networks_left}  endpoints counted {run.endpoints_counted}  {run.note}",
         flush=True,
     )
@@ -164,6 +168,9 @@ def summary(kind: str, runs: list[Run]) -> dict[str, object]:
         "networks_left": sum(r.networks_left for r in runs),
         "endpoints_counted": sum(r.endpoints_counted for r in runs),
         "median_seconds": round(statistics.median(r.seconds for r in runs), 1) if runs else None,
+        "median_down_seconds": round(statistics.median(r.down_seconds for r in runs), 1)
+        if kind == "cycle" and runs
+        else None,
         "replicas_at_failure": sorted(r.replicas_at_failure for r in runs) if kind != "cycle" else None,
     }
 

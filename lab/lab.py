@@ -404,7 +404,9 @@ def wait_served_by_all(
             if time.monotonic() > deadline:
                 break
             lb.reload()
-            if lb.status not in ("running", "created"):
+            # "restarting": nginx exited at start (Docker's DNS did not answer for a replica's
+            # name in time, as happens on a busy engine) and its restart policy tries again.
+            if lb.status not in ("running", "created", "restarting"):
                 break
     missing = sorted(wanted - seen)
     raise NotReady(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import itertools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -386,3 +388,85 @@ def _fake_up(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine) -> LabSpec:
     spec = LabSpec.create(name="fake", replicas=3, check_site=False)
     orchestrator.up(engine, spec)  # type: ignore[arg-type]
     return spec
+
+
+# Waiting for every replica -----------------------------------------------------------------------
+class _FlakyBalancer:
+    """A load balancer whose nginx exits at its first starts, and its restart policy brings it back."""
+
+    def __init__(self, restarts: int) -> None:
+        self.restarts = restarts
+        self.status = "restarting"
+
+    def reload(self) -> None:
+        self.restarts -= 1
+        self.status = "restarting" if self.restarts > 0 else "running"
+
+
+@pytest.fixture
+def balancer_on_loopback() -> Iterator[tuple[int, list[bool]]]:
+    """An HTTP server on 127.0.0.1 answering as lab `fake` would once `up[0]` is True."""
+    up = [False]
+    names = iter(itertools.cycle(SPEC.replica_names()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            if not up[0]:
+                self.send_response(502)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("X-Served-By", next(names))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], up
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_load_balancer_its_restart_policy_brings_back_is_waited_for(
+    balancer_on_loopback: tuple[int, list[bool]],
+) -> None:
+    port, up = balancer_on_loopback
+    spec = LabSpec.create(name="fake", replicas=4, port=port)
+    lb = _FlakyBalancer(restarts=5)
+    original = lb.reload
+
+    def reload() -> None:
+        original()
+        up[0] = lb.status == "running"
+
+    lb.reload = reload  # type: ignore[method-assign]
+    orchestrator.wait_served_by_all(
+        FakeEngine(),  # type: ignore[arg-type]
+        spec,
+        lb,  # type: ignore[arg-type]
+        quiet,
+        deadline=time.monotonic() + 30,
+    )
+    assert lb.status == "running"
+
+
+def test_a_load_balancer_that_stays_down_fails_with_its_log(
+    balancer_on_loopback: tuple[int, list[bool]],
+) -> None:
+    port, _ = balancer_on_loopback
+    spec = LabSpec.create(name="fake", replicas=4, port=port)
+    lb = FakeContainer("fake-lb", {}, status="exited")
+    lb.reload = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(NotReady, match="4 replica\\(s\\) never answered") as failure:
+        orchestrator.wait_served_by_all(
+            FakeEngine(),  # type: ignore[arg-type]
+            spec,
+            lb,  # type: ignore[arg-type]
+            quiet,
+            deadline=time.monotonic() + 30,
+        )
+    assert failure.value.detail == "log of fake-lb"
