@@ -238,7 +238,7 @@ def start_containers(
     created on it.
     """
     cancelled = threading.Event()
-    started: list[Container] = []
+    waiting: dict[str, Container] = {}  # started, and followed until they say they listen
     done = 0
     lock = threading.Lock()
 
@@ -251,10 +251,15 @@ def start_containers(
             raise _Cancelled  # the rollback removes it, by label
         engine.start(container)
         with lock:
-            started.append(container)
-        if cancelled.is_set():
-            raise _Cancelled
-        if not engine.wait_for_log(container, HTTPD_READY) and probe_http(engine, container) != "ok":
+            waiting[container.name] = container
+        try:
+            if cancelled.is_set():
+                raise _Cancelled
+            listening = engine.wait_for_log(container, HTTPD_READY)
+        finally:
+            with lock:
+                waiting.pop(container.name, None)
+        if not listening and probe_http(engine, container) != "ok":
             if cancelled.is_set():
                 raise _Cancelled
             raise NotReady(f"replica {req.name} exited while starting", detail=engine.logs(container))
@@ -277,26 +282,29 @@ def start_containers(
     except BaseException:
         cancelled.set()
         with sigint_ignored():  # a second Ctrl-C must not leave calls running under the rollback
-            _drain(engine, futures, started, lock)
+            _drain(engine, futures, waiting, lock)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _drain(
-    engine: Engine, futures: list[Future[Container]], started: list[Container], lock: threading.Lock
+    engine: Engine, futures: list[Future[Container]], waiting: dict[str, Container], lock: threading.Lock
 ) -> None:
-    """Cancel what has not begun and wait for the rest; a worker following the log of a container
-    that is starting ends once that container is killed."""
+    """Cancel what has not begun and wait for the rest. A worker following the log of a container
+    that is starting ends once that container is stopped: it is taken off its network first, one
+    at a time (see remove_lab), then killed."""
     for future in futures:
         future.cancel()
-    killed: set[str] = set()
+    stopped: set[str] = set()
     pending = {f for f in futures if not f.done()}
     while pending:
         with lock:
-            to_kill = [c for c in started if c.name not in killed]
-        engine.kill(to_kill)
-        killed.update(c.name for c in to_kill)
+            to_stop = [c for name, c in waiting.items() if name not in stopped]
+        for container in to_stop:
+            engine.release_endpoints(container)
+            engine.kill([container])
+            stopped.add(container.name)
         _, pending = wait(pending, timeout=0.2)
 
 

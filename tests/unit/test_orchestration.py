@@ -136,7 +136,9 @@ class FakeEngine:
 
     def kill(self, containers: Iterable[FakeContainer]) -> None:
         for container in containers:
-            self.killed.append(container.name)
+            with self.lock:
+                self.killed.append(container.name)
+                self.events.append(f"kill {container.name}")
             container.status = "exited"
 
     def wait_for_log(self, container: FakeContainer, marker: str) -> bool:
@@ -274,6 +276,8 @@ def test_replicas_waiting_for_their_log_are_killed_so_a_rollback_does_not_wait_f
     with pytest.raises(NotReady, match="fake-web-4"):
         orchestrator.start_containers(engine, replica_requests(), quiet)  # type: ignore[arg-type]
     assert engine.started - {"fake-web-4"} <= set(engine.killed)
+    for name in engine.killed:  # taken off the network before the kill, so no two endpoints go at once
+        assert engine.events.index(f"release {name}") < engine.events.index(f"kill {name}")
     assert not engine.log_waits_timed_out  # each wait ended because its container was killed
 
 
