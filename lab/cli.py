@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -13,11 +14,13 @@ import click
 
 from lab import lab as orchestrator
 from lab import live, ui
+from lab import reaper as reapers
 from lab import report as reports
 from lab import verify as verifier
 from lab.docker_ops import ENGINE_REFUSALS, Engine, refusal_message
 from lab.errors import ExitCode, InvalidInput, LabError
 from lab.images import ensure_base_images
+from lab.registry import DEFAULT_REGISTRY, DEFAULT_REGISTRY_PORT
 from lab.render import nginx_view, render_nginx_conf
 from lab.spec import (
     ALGORITHMS,
@@ -28,8 +31,11 @@ from lab.spec import (
     DEFAULT_SITE,
     MAX_REPLICAS,
     LabSpec,
+    format_duration,
     parse_algorithm,
+    parse_port,
     parse_replicas,
+    parse_ttl,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,19 +88,33 @@ def cli() -> None:
 @cli.command()
 @spec_options
 @balance_options
+@click.option(
+    "--ttl", default=None, help="Remove the lab by itself after this long: 30m, 2h, 1h30m (10s to 7d)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def up(name: str, replicas: str, port: str, bind: str, site: str, quiet: bool, **balance: object) -> None:
+def up(
+    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, **balance: object
+) -> None:
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
         name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
     )
+    seconds = parse_ttl(ttl) if ttl is not None else None
     engine = Engine.connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
-        lab_status = orchestrator.up(engine, spec, progress)
+        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds)
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
     if lab_status.stuck_networks:
         ui.note(orchestrator.stuck_note(spec.name, lab_status.stuck_networks))
+    _print_expiry(lab_status)
+
+
+def _print_expiry(lab_status: orchestrator.LabStatus) -> None:
+    if lab_status.expires_at is not None:
+        left = format_duration(lab_status.expires_at - time.time())
+        at = time.strftime("%H:%M:%S", time.localtime(lab_status.expires_at))
+        ui.out.print(f"lab {lab_status.name} removes itself in {left} (at {at}; `lab down` removes it now)")
 
 
 @cli.command()
@@ -131,6 +151,7 @@ def status(name: str, as_json: bool) -> None:
         ui.print_json(lab_status.as_dict())
     else:
         ui.out.print(ui.status_table(lab_status))
+        _print_expiry(lab_status)
 
 
 @cli.command()
@@ -437,12 +458,155 @@ def experiment(
 @cli.command()
 @click.option("--pull", is_flag=True, help="Try to pull the official images first (needs a registry).")
 def images(pull: bool) -> None:
-    """Make sure the httpd and nginx base images exist (official ones, or built offline)."""
+    """Make sure the httpd and nginx base images (official ones, or built offline) and the reaper image exist."""
     engine = Engine.connect()
     with ui.progress_bar("base images") as progress:
         base = ensure_base_images(engine.client, pull=pull, progress=progress)
+        reaper_image = reapers.ensure_image(engine, progress)
     kind = "offline stand-ins built from Debian packages" if base.offline else "official images"
-    ui.out.print(f"httpd: {base.httpd}\nnginx: {base.nginx}\n({kind})")
+    ui.out.print(f"httpd: {base.httpd}\nnginx: {base.nginx}\n({kind})\nreaper: {reaper_image}")
+
+
+# lab registry, lab push, lab nodes: the desk-wide registry and swarm nodes ---------------------------
+registry_option = click.option(
+    "--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True, help="Name of the registry."
+)
+
+
+@cli.group(name="registry")
+def registry_group() -> None:
+    """A local image registry on 127.0.0.1 (Debian's docker-registry, built offline)."""
+
+
+@registry_group.command(name="up", context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=str(DEFAULT_REGISTRY_PORT), show_default=True, help="Port on 127.0.0.1.")
+@registry_option
+def registry_up(port: str, registry_name: str) -> None:
+    """Start the registry (its images survive `down` and `up` on a named volume)."""
+    from lab import nodes as desk_nodes
+    from lab import registry as registries
+
+    registries.RegistryNames.of(registry_name)  # bad input touches nothing
+    parse_port(port)
+    engine = Engine.connect()
+    with ui.progress_bar(f"registry {registry_name}") as progress:
+        found = registries.up(engine, registry_name, port, progress)
+        wired = desk_nodes.wire_registries(engine)
+    ui.out.print(f"registry {found.name} is up: {found.url}  (images on volume {found.volume})")
+    if wired:
+        ui.out.print(f"{wired} nodes pull from it at the same address")
+
+
+@registry_group.command(name="down")
+@click.option("--purge", is_flag=True, help="Also delete the volume holding the pushed images.")
+@registry_option
+def registry_down(purge: bool, registry_name: str) -> None:
+    """Remove the registry; its volume (the images) stays unless --purge."""
+    from lab import registry as registries
+
+    registries.RegistryNames.of(registry_name)
+    removed = registries.down(Engine.connect(), registry_name, purge=purge)
+    if removed.nothing:
+        ui.out.print(f"nothing to remove: there is no registry named {registry_name!r}")
+        return
+    kept = "volume deleted" if removed.volume else "volume kept: `lab registry up` serves the same images"
+    ui.out.print(f"removed registry {registry_name} ({kept})")
+
+
+@registry_group.command(name="status")
+@registry_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def registry_status(registry_name: str, as_json: bool) -> None:
+    """Show whether the registry runs, where, and the repositories and tags it holds."""
+    from lab import registry as registries
+
+    registries.RegistryNames.of(registry_name)
+    found = registries.status(Engine.connect(), registry_name)
+    if as_json:
+        ui.print_json(found.as_dict())
+    elif found.repositories:
+        ui.out.print(ui.registry_table(found))
+    else:
+        ui.out.print(ui.registry_summary(found))
+
+
+@cli.command()
+@name_option
+@click.option("--tag", default=None, help="Tag in the registry (default: the lab's site version).")
+@registry_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def push(name: str, tag: str | None, registry_name: str, as_json: bool) -> None:
+    """Push the lab's site image to the local registry."""
+    from lab import registry as registries
+
+    if tag is not None:
+        registries.parse_tag(tag)  # bad input touches nothing
+    registries.RegistryNames.of(registry_name)
+    engine = Engine.connect()
+    with ui.progress_bar(f"push {name}", enabled=not as_json) as progress:
+        pushed = registries.push_site(engine, name, tag=tag, registry=registry_name, progress=progress)
+    if as_json:
+        ui.print_json(pushed.as_dict())
+    else:
+        ui.out.print(
+            f"pushed {pushed.source} as {pushed.reference} in {pushed.seconds:.1f} s\n{pushed.pinned}"
+        )
+
+
+@cli.group(name="nodes")
+def nodes_group() -> None:
+    """Swarm workers on this desk: Docker-in-Docker containers joined to this engine's swarm."""
+
+
+# ignore_unknown_options: so `add -1` reaches validation
+@nodes_group.command(name="add", context_settings={"ignore_unknown_options": True})
+@click.argument("count")
+@click.option("--init", is_flag=True, help="Initialise a swarm here if there is none (left by `rm --all`).")
+def nodes_add(count: str, init: bool) -> None:
+    """Start COUNT nodes and join them to this engine's swarm as workers."""
+    from lab import nodes as desk_nodes
+
+    desk_nodes.parse_count(count)  # bad input touches nothing
+    engine = Engine.connect()
+    with ui.progress_bar("nodes add") as progress:
+        added = desk_nodes.add(engine, count, init=init, progress=progress)
+    if added.manager.initialised:
+        ui.out.print(f"initialised a swarm on this engine (manager {added.manager.address})")
+    ui.out.print(ui.nodes_table(desk_nodes.ls(engine)))
+    ui.out.print(f"{len(added.nodes)} nodes joined as workers in {added.seconds:.1f} s")
+
+
+@nodes_group.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def nodes_ls(as_json: bool) -> None:
+    """List the nodes: container state, address, and the manager's view."""
+    from lab import nodes as desk_nodes
+
+    found = desk_nodes.ls(Engine.connect())
+    if as_json:
+        ui.print_json([n.as_dict() for n in found])
+    else:
+        ui.out.print(ui.nodes_table(found))
+
+
+@nodes_group.command(name="rm")
+@click.argument("node", required=False)
+@click.option("--all", "everything", is_flag=True, help="Remove every node (and leave a swarm the lab made).")
+def nodes_rm(node: str | None, everything: bool) -> None:
+    """Remove NODE, or every node with --all; the last removal leaves the engine as the lab found it."""
+    from lab import nodes as desk_nodes
+
+    if bool(node) == everything:
+        raise InvalidInput("give one NODE or --all")
+    engine = Engine.connect()
+    removed = desk_nodes.rm_all(engine) if everything else desk_nodes.rm(engine, str(node))
+    if removed.nodes or removed.stale_entries:
+        stale = f" and {removed.stale_entries} stale swarm entries" if removed.stale_entries else ""
+        ui.out.print(f"removed {', '.join(removed.nodes) or 'no nodes'}{stale}")
+    else:
+        ui.out.print("nothing to remove: there are no nodes")
+    if removed.released is not None:
+        ui.out.print(removed.released.reason)
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:

@@ -59,3 +59,11 @@ class Interrupted(LabError):
     """The user pressed Ctrl-C; what was started has been rolled back."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class RegistryError(LabError):
+    """A push or pull failed, or the registry cannot be used; the message is the registry's own."""
+
+
+class SwarmError(LabError):
+    """The engine's swarm cannot be used as asked (not in swarm mode, a worker, locked, ...)."""

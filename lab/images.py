@@ -77,6 +77,15 @@ NGINX = StandIn(
     versioned_by="nginx",
     official=OFFICIAL_NGINX,
 )
+# The reaper's Python (lab/reaper.py builds its image on top): Debian's python3, stdlib only.
+PYTHON_ROOTFS = StandIn(
+    name="python",
+    tag="",  # no image of its own: only the root file system is used
+    rootfs=f"lab/debian-python-rootfs:{SUITE}",
+    packages=("python3",),
+    versioned_by="python3",
+    official="",
+)
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,22 @@ def ensure_base_images(
     return BaseImages(httpd=httpd.ref, nginx=nginx.ref, offline=httpd.offline or nginx.offline)
 
 
+def ensure_standins(
+    client: docker.DockerClient, standins: Iterable[StandIn], *, progress: ProgressFn | None = None
+) -> list[str]:
+    """Build whichever of `standins` (other images built the same way: registry, node) are missing.
+
+    Returns the tags it built (none when all existed).
+    """
+    report = progress or (lambda _step, _fraction: None)
+    tags = _local_tags(client)
+    wanted = [s for s in standins if s.tag not in tags]
+    if wanted:
+        _build_all(client, wanted, tags, report)
+    report("images ready", 1.0)
+    return [s.tag for s in wanted]
+
+
 def _local_tags(client: docker.DockerClient) -> set[str]:
     try:
         listed = client.api.images()
@@ -228,6 +253,26 @@ def _build_all(
         # Both builds run to the end: a finished one is kept even when the other failed.
         for future in futures:
             future.result()
+
+
+def ensure_rootfs(client: docker.DockerClient, standin: StandIn, progress: ProgressFn | None = None) -> str:
+    """Bootstrap and import `standin`'s Debian root file system unless present; return its reference."""
+    report = progress or (lambda _step, _fraction: None)
+    if standin.rootfs in _local_tags(client):
+        return standin.rootfs
+    if shutil.which("mmdebstrap") is None:
+        raise BuildFailed(
+            f"cannot build {standin.rootfs}: mmdebstrap is not installed "
+            "(run scripts/ensure-docker.sh, or apt-get install mmdebstrap)"
+        )
+    tracker = _Tracker([standin.name], report)
+    with tempfile.TemporaryDirectory(prefix="lab-base-", dir=_scratch_root()) as scratch:
+        tarball = Path(scratch) / f"{standin.name}.tar"
+        version = _bootstrap(standin, tarball, tracker)
+        tracker.update(standin.name, "importing the root file system", BOOTSTRAP_END)
+        _import(client, standin, tarball, version)
+    tracker.update(standin.name, "done", 1.0)
+    return standin.rootfs
 
 
 def _scratch_root() -> str | None:

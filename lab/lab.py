@@ -17,6 +17,7 @@ import requests
 from docker.models.containers import Container
 
 from lab import labels
+from lab import reaper as reapers
 from lab.docker_ops import ACTIVE_ENDPOINTS, ContainerRequest, Engine, Network
 from lab.errors import InvalidInput, LabError, NameInUse, NotReady
 from lab.images import ensure_base_images
@@ -75,6 +76,7 @@ class LabStatus:
     replicas: tuple[MemberStatus, ...]
     networks: tuple[str, ...]  # every network labelled for the lab
     stuck_networks: tuple[Leftover, ...] = ()  # those nothing of the lab is on, and why they stay
+    expires_at: float | None = None  # UNIX time a `--ttl` lab removes itself
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -102,13 +104,23 @@ class LabNetworks:
 
 
 # Up -------------------------------------------------------------------------------------
-def up(engine: Engine, spec: LabSpec, progress: ProgressFn = _quiet, *, timeout: float = 60.0) -> LabStatus:
+def up(
+    engine: Engine,
+    spec: LabSpec,
+    progress: ProgressFn = _quiet,
+    *,
+    timeout: float = 60.0,
+    ttl: int | None = None,
+) -> LabStatus:
     """Build and start the lab; return once every replica has answered through the load balancer.
 
-    On any failure, and on Ctrl-C, everything this call created is removed again.
+    With `ttl` (seconds), a reaper removes the lab that long after it came up. On any failure,
+    and on Ctrl-C, everything this call created is removed again.
     """
     _refuse_if_present(engine, spec)
     _refuse_if_port_taken(spec.bind, spec.port)
+    if ttl is not None:
+        reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
     base = ensure_base_images(engine.client, progress=progress)
     image, version = ensure_site_image(engine, spec.site, base.httpd, progress)
     config = render_nginx_conf(nginx_view(spec))
@@ -124,6 +136,9 @@ def up(engine: Engine, spec: LabSpec, progress: ProgressFn = _quiet, *, timeout:
             lb = prepared.result()
         _start_load_balancer(engine, spec, lb, progress)
         wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
+        if ttl is not None:
+            progress("starting the reaper that removes the lab when its time is up", None)
+            reapers.start_deadline_reaper(engine, spec.name, ttl)
     answered = "ok"  # each one has just answered through the load balancer
     return status(engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]})
 
@@ -533,6 +548,7 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
         key=lambda c: labels.replica_index(c.labels),
     )
     spec = current_spec(engine, lb_container) if lb_container else None
+    reaper = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_REAPER), None)
     members = ([lb_container] if lb_container else []) + web
     checks = known if known is not None else _probe_all(engine, members)
     return LabStatus(
@@ -543,6 +559,7 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
         replicas=tuple(_member(c, checks) for c in web),
         networks=networks,
         stuck_networks=stuck,
+        expires_at=reapers.expires_at(reaper.labels) if reaper else None,
     )
 
 

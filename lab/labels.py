@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 PREFIX = "lab."
 NAME = "lab.name"
@@ -12,6 +13,7 @@ SESSION = "lab.session"
 PID = "lab.pid"
 SPEC = "lab.spec"
 SITE_VERSION = "lab.site-version"
+EXPIRES = "lab.expires"  # UNIX time at which a `lab up --ttl` lab removes itself (on its reaper)
 
 ROLE_WEB = "web"
 ROLE_LB = "lb"
@@ -19,11 +21,38 @@ ROLE_CHECK = "config-check"
 ROLE_BACKEND_NET = "backend"
 ROLE_FRONTEND_NET = "frontend"
 ROLE_SITE_IMAGE = "site-image"
+ROLE_REAPER = "reaper"
+ROLE_REAPER_IMAGE = "reaper-image"
+
+# Engine-wide resources, shared by every lab (no lab.name: `lab down` and the test sweep never
+# touch them): the local registry and the swarm nodes on this desk.
+ROLE_REGISTRY = "registry"
+ROLE_REGISTRY_STORAGE = "registry-storage"
+ROLE_REGISTRY_NET = "registry-network"
+ROLE_NODE = "node"
+ROLE_NODE_STORAGE = "node-storage"
+REGISTRY = "lab.registry"  # the registry a resource belongs to
+NODE_SET = "lab.node-set"  # the name prefix of a group of nodes
+SWARM_INIT = "lab.swarm-init"  # on the swarm spec: the lab initialised this swarm (when, by whom)
+SWARM_GWBRIDGE = "lab.swarm-gwbridge"  # on the swarm spec: "created" if docker_gwbridge came with it
 
 
 def session_id() -> str:
-    """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it)."""
+    """An id for this process's session; LAB_SESSION overrides it (the pytest plugin sets it).
+
+    The pid is only a name: it means nothing in another PID namespace or on another machine, so
+    nothing decides on it (ownership is held by a reaper connection, see lab/reaper.py).
+    """
     return os.environ.get("LAB_SESSION") or f"pid{os.getpid()}"
+
+
+def new_session_id() -> str:
+    """A fresh id for a pytest session (xdist workers share their controller's).
+
+    `pytest.`, not `pytest-`: older versions of lab, which may still run beside this one on a
+    shared engine, swept away labs of `pytest-...` sessions whose process they could not see.
+    """
+    return f"pytest.{uuid.uuid4().hex[:12]}"
 
 
 def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
@@ -32,6 +61,21 @@ def for_lab(name: str, role: str, **extra: str) -> dict[str, str]:
     for key, value in extra.items():
         labels[PREFIX + key.replace("_", "-")] = value
     return labels
+
+
+def for_component(role: str, **extra: str) -> dict[str, str]:
+    """Labels for an engine-wide resource playing `role` (the registry, a node): no lab name."""
+    found = {ROLE: role, SESSION: session_id(), PID: str(os.getpid())}
+    for key, value in extra.items():
+        found[PREFIX + key.replace("_", "-")] = value
+    return found
+
+
+def role_filter(role: str, **extra: str) -> dict[str, list[str]]:
+    """A Docker `filters` value matching resources playing `role` (and the `extra` labels)."""
+    wanted = [f"{ROLE}={role}"]
+    wanted += [f"{PREFIX}{key.replace('_', '-')}={value}" for key, value in extra.items()]
+    return {"label": wanted}
 
 
 def replica_index(found: dict[str, str]) -> int:
@@ -45,6 +89,16 @@ def lab_filter(name: str, role: str | None = None) -> dict[str, list[str]]:
     if role is not None:
         wanted.append(f"{ROLE}={role}")
     return {"label": wanted}
+
+
+def session_labs(session: str) -> list[str]:
+    """Docker label filters (ANDed) for the lab resources of one session; reapers carry no lab name."""
+    return [f"{SESSION}={session}", NAME]
+
+
+def for_session_reaper(session: str) -> dict[str, str]:
+    """Labels of the reaper that guards `session`: it belongs to no lab."""
+    return {ROLE: ROLE_REAPER, SESSION: session}
 
 
 def any_lab_filter() -> dict[str, list[str]]:

@@ -2,12 +2,13 @@
 
 Registered through the `pytest11` entry point, so any test suite with `lab` installed can use
 `lab_cluster(...)` (one lab per test) and `lab_cluster_session(...)` (one lab per session and
-xdist worker). Without a Docker engine those tests skip; under CI=true they fail instead.
+xdist worker). Without a Docker engine those tests skip; under CI (see `in_ci`) they fail instead.
 
 The core is `running_lab(engine, **options)`, a context manager usable without pytest: it starts
 a lab and removes it afterwards, whatever happened (a failed or interrupted `up` included). Every
-resource carries this session's id (`lab.session`) and the creating process (`lab.pid`); the first
-test that needs the engine sweeps labs left behind by a pytest session that is gone.
+resource carries this session's id (`lab.session`). Before the first lab, the session starts its
+reaper (lab/reaper.py) and holds a connection to it: if the session dies, even by kill -9 or in
+another PID namespace, the reaper removes the session's labs; no session ever removes another's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import re
 import socket
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -26,6 +26,7 @@ import pytest
 
 from lab import lab as orchestrator
 from lab import labels
+from lab import reaper as reapers
 from lab.docker_ops import Engine
 from lab.errors import EngineUnavailable, InvalidInput, LabError
 from lab.spec import DEFAULT_REPLICAS, LabSpec, parse_replicas
@@ -37,14 +38,16 @@ _ENGINE_KEY = pytest.StashKey[Engine | None]()
 _LABS_KEY = pytest.StashKey[list[str]]()  # labs a test started (item stash)
 _SESSION_LABS_KEY = pytest.StashKey[list[str]]()  # labs of lab_cluster_session (config stash)
 _KEPT_KEY = pytest.StashKey[list[list[str]]]()  # [name, url] of labs left up by --lab-keep
+_REAPER_KEY = pytest.StashKey[reapers.SessionReaper]()  # this process's connection to the session's reaper
+CI_TRUE = ("1", "true", "yes", "on")
 
 # What a fixture call may set: LabSpec.create's parameters.
 KNOWN_OPTIONS = tuple(p for p in inspect.signature(LabSpec.create).parameters if p != "check_site")
-_SESSION_PID = re.compile(r"pytest-(\d+)-")
 
 
 def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    """Whether this runs under CI: `CI` set to 1, true, yes or on (any case). The one place that decides."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
 
 
 def free_port() -> int:
@@ -181,41 +184,6 @@ def report_sections(engine: Engine, name: str) -> list[tuple[str, str]]:
     return sections
 
 
-# Stale labs ----------------------------------------------------------------------------------
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_gone(found: dict[str, str]) -> bool:
-    """Neither the creating process nor the pytest process named in the session id is alive.
-
-    (A lab made by `lab up` run from a live test has a dead creator but a live session.)
-    """
-    session_pid = _SESSION_PID.match(found.get(labels.SESSION, ""))
-    pids = [found.get(labels.PID, ""), session_pid.group(1) if session_pid else ""]
-    return not any(_pid_alive(pid) for pid in pids if pid)
-
-
-def sweep_stale_labs(engine: Engine) -> list[str]:
-    """Remove labs left by crashed pytest sessions (session `pytest-...`, owner gone); return their names."""
-    stale: set[str] = set()
-    current = labels.session_id()
-    for resource in engine.containers(labels.any_lab_filter()) + engine.networks(labels.any_lab_filter()):
-        found = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
-        session = found.get(labels.SESSION, "")
-        if session.startswith("pytest-") and session != current and _owner_gone(found):
-            stale.add(found[labels.NAME])
-    for name in sorted(stale):
-        orchestrator.remove_lab(engine, name)
-    return sorted(stale)
-
-
 # Hooks and fixtures ----------------------------------------------------------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lab", "lab: real load-balanced labs as fixtures")
@@ -223,6 +191,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--lab-keep",
         action="store_true",
         help="Leave the labs up after the tests, for debugging; the summary says how to reach and remove them.",
+    )
+    parser.addini(
+        "lab_no_skips_in_ci",
+        type="bool",
+        default=False,
+        help="Under CI (CI=1/true/yes/on) a skipped test fails the run instead of passing silently.",
     )
     group.addoption(
         "--lab-replicas",
@@ -243,29 +217,31 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--lab-replicas: {exc.message}") from None
     config.stash[_KEPT_KEY] = []
     config.stash[_SESSION_LABS_KEY] = []
-    if config.getoption("lab_keep", False) and not hasattr(config, "workerinput"):
-        # Kept labs are meant to outlive the session: a session id the sweep never touches.
-        os.environ["LAB_SESSION"] = f"kept-{uuid.uuid4().hex[:10]}"
-    # The pid in the id tells a later sweep whether this session is still running. xdist workers
-    # inherit the controller's id, so one run is one session.
-    os.environ.setdefault("LAB_SESSION", f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    # xdist workers inherit the controller's id, so one run is one session (and has one reaper).
+    os.environ.setdefault("LAB_SESSION", labels.new_session_id())
 
 
 @pytest.fixture(scope="session")
-def lab_engine(request: pytest.FixtureRequest) -> Engine:
-    """The Docker engine; skips the test without one, fails it under CI=true.
+def lab_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The Docker engine, guarded by this session's reaper; skips without an engine, fails under CI.
 
-    First, labs left behind by crashed pytest sessions are removed.
+    A reaper that cannot start fails every test that needs the engine, with the reason: no lab
+    runs unguarded.
     """
     try:
         engine = Engine.connect(timeout=120)
     except EngineUnavailable as exc:
         if in_ci():
-            pytest.fail(f"CI=true and {exc.message}", pytrace=False)
+            pytest.fail(f"CI={os.environ['CI']} and {exc.message}", pytrace=False)
         pytest.skip(exc.message)
+    try:
+        guard = reapers.guard_session(engine, labels.session_id())
+    except LabError as exc:
+        pytest.fail(f"the session's reaper did not start, so no lab may run: {exc.message}", pytrace=False)
     request.config.stash[_ENGINE_KEY] = engine
-    sweep_stale_labs(engine)
-    return engine
+    request.config.stash[_REAPER_KEY] = guard
+    yield engine
+    guard.close()  # the labs are down by now; the reaper removes whatever is left, and itself
 
 
 def _starter(
@@ -280,9 +256,13 @@ def _starter(
             spec = lab_spec(**options)
         except InvalidInput as exc:
             pytest.fail(f"{fixture}: {exc.message}", pytrace=False)
+        guard = config.stash[_REAPER_KEY]
         started.append(spec.name)  # before `up`: a failing `up` still gets its report sections
         try:
+            guard.check()  # never start a lab nobody would remove
             handle = stack.enter_context(running_lab(engine, spec, keep=keep))
+            if keep:  # it outlives the session: the reaper must leave it alone
+                guard.keep(spec.name)
         except LabError as exc:
             detail = f"\n{exc.detail}" if exc.detail else ""
             pytest.fail(f"{fixture}: lab {spec.name} did not come up: {exc.message}{detail}", pytrace=False)
@@ -328,6 +308,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    if report.skipped and _skips_forbidden(item.config):
+        _skip_fails(report)
     names: list[str] = item.stash.get(_LABS_KEY, [])
     if "lab_cluster_session" in getattr(item, "fixturenames", ()):
         names = names + item.config.stash[_SESSION_LABS_KEY]
@@ -336,6 +318,31 @@ def pytest_runtest_makereport(
         for name in names:
             report.sections.extend(report_sections(engine, name))
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if report.skipped and _skips_forbidden(collector.config):
+        _skip_fails(report)
+    return report
+
+
+def _skips_forbidden(config: pytest.Config) -> bool:
+    return bool(config.getini("lab_no_skips_in_ci")) and in_ci()
+
+
+def _skip_fails(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip into a failure that says why (an expected failure, xfail, stays what it is)."""
+    if hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    where = f"{report.longrepr[0]}:{report.longrepr[1]}: " if isinstance(report.longrepr, tuple) else ""
+    report.outcome = "failed"
+    report.longrepr = f"{where}CI={os.environ.get('CI')}, where nothing may skip, and this skipped: {reason}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

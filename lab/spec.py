@@ -288,3 +288,39 @@ def parse_weights(value: object, replicas: int) -> tuple[int, ...]:
     if weights and len(weights) != replicas:
         raise InvalidInput(f"got {len(weights)} weights for {replicas} replicas; give one weight per replica")
     return weights
+
+
+# Time to live of a lab (`lab up --ttl`) ------------------------------------------------------------
+TTL_MIN = 10  # seconds: shorter would end a lab before anyone used it
+TTL_MAX = 7 * 24 * 3600  # a week
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(?:(\d+)([smhd]))+")
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+
+
+def parse_ttl(value: object) -> int:
+    """Seconds from a duration such as 30m, 2h, 1h30m or 90s (a bare number is seconds); 10s to 7d."""
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+", text):
+        seconds = int(text)
+    elif _DURATION.fullmatch(text):
+        seconds = sum(int(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    else:
+        raise InvalidInput(f"ttl must be a duration such as 30m, 2h or 1h30m, not {str(value)!r}")
+    if not TTL_MIN <= seconds <= TTL_MAX:
+        raise InvalidInput(
+            f"ttl must be between {format_duration(TTL_MIN)} and {format_duration(TTL_MAX)} (a week), "
+            f"not {format_duration(seconds) if seconds else '0'}"
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: 45s, 29m 5s, 2h, 1d 3h (down to the two largest units)."""
+    left = max(0, int(round(seconds)))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])

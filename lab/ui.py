@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +16,10 @@ from lab.errors import ExitCode
 from lab.experiment import ExperimentResult
 from lab.lab import LabStatus, MemberStatus, ProgressFn
 from lab.results import VerifyResult
+
+if TYPE_CHECKING:  # views only read these values; the modules that make them touch Docker
+    from lab.nodes import NodeInfo
+    from lab.registry import RegistryStatus
 
 out = Console()
 err = Console(stderr=True)
@@ -308,3 +313,40 @@ def experiment_summary(result: ExperimentResult) -> str:
         lines.append(f"{mark} {escape(check.name)}: {escape(check.detail)}")
     lines += [f"note: {escape(n)}" for n in result.notes]
     return "\n".join(lines)
+
+
+# lab registry / lab nodes --------------------------------------------------------------------
+def registry_summary(found: RegistryStatus) -> str:
+    volume = f"images on volume {found.volume}" if found.volume_exists else "no image volume"
+    if found.state == "absent":
+        return f"registry {found.name} is not running ({volume}); start it with `lab registry up`"
+    where = found.url or "not published"
+    count = sum(len(tags) for tags in found.repositories.values())
+    return f"registry {found.name}: {found.state}, {where}, {count} tags ({volume})"
+
+
+def registry_table(found: RegistryStatus) -> Table:
+    table = Table(title=registry_summary(found), title_justify="left")
+    table.add_column("repository", no_wrap=True)
+    table.add_column("tags")
+    for repository, tags in sorted(found.repositories.items()):
+        table.add_row(repository, ", ".join(tags) or "-")
+    return table
+
+
+def nodes_table(nodes: Sequence[NodeInfo]) -> Table:
+    table = Table(title=f"{len(nodes)} swarm nodes on this desk", title_justify="left")
+    for column in ("node", "container", "address", "swarm", "availability", "engine"):
+        table.add_column(column, no_wrap=True)
+    for n in nodes:
+        style = _STATE_STYLE.get(n.container, "")
+        swarm_style = "green" if n.swarm == "ready" else "red"
+        table.add_row(
+            n.name,
+            f"[{style}]{n.container}[/]" if style else n.container,
+            n.address or "-",
+            f"[{swarm_style}]{n.swarm}[/]",
+            n.availability or "-",
+            n.engine or "-",
+        )
+    return table

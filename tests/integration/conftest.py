@@ -6,6 +6,7 @@ import collections
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +15,15 @@ import pytest
 import requests
 
 from lab import lab as orchestrator
-from lab import labels
+from lab import labels, reaper
 from lab.docker_ops import Engine
 from lab.pytest_plugin import unique_name
 
 
 @pytest.fixture(scope="session", autouse=True)
 def engine_required(lab_engine: Engine) -> None:
-    """Every integration test needs the engine: without one it skips (and fails under CI=true).
-    Asking for it first also sweeps labs left by crashed sessions (the lab pytest plugin does)."""
+    """Every integration test needs the engine: without one it skips (and fails under CI).
+    Asking for it first also starts this session's reaper (the lab pytest plugin does)."""
 
 
 @dataclass
@@ -74,3 +75,37 @@ def served_by(url: str, n: int) -> collections.Counter[str]:
             assert response.status_code == 200
             counts[response.headers["X-Served-By"]] += 1
     return counts
+
+
+# Inner pytest sessions (the plugin's and the reaper's tests) -----------------------------------
+def new_session_id() -> str:
+    return labels.new_session_id()
+
+
+def remove_session(engine: Engine, session_id: str) -> None:
+    """Remove a session's labs and its reaper (a test's own clean-up: it owns that session)."""
+    for name in _lab_names(engine, {"label": labels.session_labs(session_id)}):
+        orchestrator.remove_lab(engine, name)
+    engine.remove_containers(engine.containers({"label": [f"{labels.SESSION}={session_id}"]}))
+
+
+def _lab_names(engine: Engine, selector: dict[str, list[str]]) -> set[str]:
+    found = [c.labels for c in engine.containers(selector)] + [
+        n.attrs["Labels"] for n in engine.networks(selector)
+    ]
+    return {f[labels.NAME] for f in found if labels.NAME in f}
+
+
+def left_by(engine: Engine, session: str) -> tuple[int, int]:
+    """Lab containers and networks still carrying this session's label (its reaper is no lab)."""
+    selector = {"label": labels.session_labs(session)}
+    return len(engine.containers(selector)), len(engine.networks(selector))
+
+
+def wait_until_reaper_gone(engine: Engine, session: str, timeout: float = 60) -> float:
+    """Seconds until the session's reaper has removed itself (it does once it has reaped)."""
+    began = time.monotonic()
+    while engine.container_named(reaper.session_reaper_name(session)) is not None:
+        assert time.monotonic() - began < timeout, f"the reaper of {session} is still there"
+        time.sleep(0.2)
+    return time.monotonic() - began

@@ -2,27 +2,27 @@
 
 `runpytest_subprocess` starts a fresh interpreter, so the plugin loads from its `pytest11` entry
 point, as it would in any project with `lab` installed. Each run gets its own session id, so what
-it leaves behind can be counted by the `lab.session` label.
+it leaves behind can be counted by the `lab.session` label. (The reaper's own tests, kill -9 and
+PID namespaces included, are in test_reaper.py.)
 """
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab import lab as orchestrator
-from lab import labels
+from lab import labels, reaper
 from lab.docker_ops import Engine
-from lab.pytest_plugin import LabHandle, running_lab, sweep_stale_labs, unique_name
+from lab.pytest_plugin import LabHandle, running_lab, unique_name
+from tests.integration.conftest import left_by, new_session_id, remove_session, wait_until_reaper_gone
 
 pytest_plugins = ["pytester"]
 
@@ -33,34 +33,19 @@ BROKEN_DOCKERFILE = "ARG HTTPD_IMAGE\nFROM ${HTTPD_IMAGE}\nRUN echo 'NoSuchDirec
 
 @pytest.fixture
 def session(monkeypatch: pytest.MonkeyPatch, lab_engine: Engine) -> Iterator[str]:
-    """A session id of its own for the inner run (it names this process, which stays alive).
-    Whatever the inner run leaves is removed afterwards, after the test has counted it."""
-    session_id = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A session id of its own for the inner run. Whatever the inner run leaves (its reaper
+    included) is removed afterwards, after the test has counted it."""
+    session_id = new_session_id()
     monkeypatch.setenv("LAB_SESSION", session_id)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # when this suite itself runs under xdist
     yield session_id
-    selector = {"label": [f"{labels.SESSION}={session_id}"]}
-    for name in _lab_names(lab_engine, selector):
-        orchestrator.remove_lab(lab_engine, name)
-
-
-def _lab_names(engine: Engine, selector: dict[str, list[str]]) -> set[str]:
-    found = [c.labels for c in engine.containers(selector)] + [
-        n.attrs["Labels"] for n in engine.networks(selector)
-    ]
-    return {f[labels.NAME] for f in found if labels.NAME in f}
+    remove_session(lab_engine, session_id)
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--timeout=200", *args, timeout=RUN_TIMEOUT
     )
-
-
-def left_by(engine: Engine, session: str) -> tuple[int, int]:
-    """Containers and networks still carrying this session's label."""
-    selector = {"label": [f"{labels.SESSION}={session}"]}
-    return len(engine.containers(selector)), len(engine.networks(selector))
 
 
 def test_a_users_test_file_using_the_fixtures_passes(
@@ -193,14 +178,19 @@ def test_bad_lab_replicas_option_is_a_usage_error(pytester: pytest.Pytester, ses
 
 
 def test_lab_keep_leaves_the_lab_and_says_how_to_remove_it(
-    pytester: pytest.Pytester, lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, lab_engine: Engine, session: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("LAB_SESSION")  # --lab-keep gives kept labs a session id of their own
     name = unique_name("kept")  # given, so that this test removes the lab whatever happens
+    leftover = unique_name("left")
+    monkeypatch.setenv(reaper.GRACE_ENV, "1")
     pytester.makepyfile(
         test_user=f"""
-        def test_kept(lab_cluster):
+        from lab import labels
+
+        def test_kept(lab_cluster, lab_engine):
             lab_cluster(replicas=1, name={name!r})
+            # What a failed teardown would leave: not kept, so the reaper removes it.
+            lab_engine.create_network({leftover!r}, labels.for_lab({leftover!r}, "backend"), internal=True)
         """
     )
     try:
@@ -212,11 +202,14 @@ def test_lab_keep_leaves_the_lab_and_says_how_to_remove_it(
                 f"lab {name}: http://127.0.0.1:*remove: lab down --name {name}",
             ]
         )
+        wait_until_reaper_gone(lab_engine, session)  # the session is over and its reaper has reaped
+        assert not lab_engine.networks(labels.lab_filter(leftover))
         running = lab_engine.containers(labels.lab_filter(name))
         assert sorted(c.status for c in running) == ["running", "running"]
-        assert running[0].labels[labels.SESSION].startswith("kept-")  # so no later session sweeps it away
+        assert running[0].labels[labels.SESSION] == session  # honest labels: kept, not disowned
     finally:
         orchestrator.remove_lab(lab_engine, name)
+        orchestrator.remove_lab(lab_engine, leftover)
 
 
 def test_two_xdist_workers_get_two_distinct_labs(
@@ -298,37 +291,6 @@ def test_running_lab_works_without_pytest_and_rolls_back_an_interrupted_up(
     with pytest.raises(KeyboardInterrupt), running_lab(lab_engine, name=name, replicas=1):
         pass
     assert orchestrator.remove_lab(lab_engine, name).nothing
-
-
-def test_the_sweep_removes_labs_of_sessions_that_are_gone_and_only_those(lab_engine: Engine) -> None:
-    gone_pid = str(_finished_pid())
-    stale, alive = unique_name("stale"), unique_name("alive")
-    lab_engine.create_network(
-        f"{stale}-backend",
-        {labels.NAME: stale, labels.SESSION: f"pytest-{gone_pid}-0000", labels.PID: gone_pid},
-        internal=True,
-    )
-    # Created by a `lab` command that has exited, inside a pytest session that still runs.
-    lab_engine.create_network(
-        f"{alive}-backend",
-        {labels.NAME: alive, labels.SESSION: f"pytest-{os.getpid()}-0000", labels.PID: gone_pid},
-        internal=True,
-    )
-    try:
-        swept = sweep_stale_labs(lab_engine)
-        assert stale in swept and alive not in swept
-        assert not lab_engine.networks(labels.lab_filter(stale))
-        assert lab_engine.networks(labels.lab_filter(alive))
-    finally:
-        orchestrator.remove_lab(lab_engine, stale)
-        orchestrator.remove_lab(lab_engine, alive)
-
-
-def _finished_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 @pytest.mark.parametrize("ci", ["", "true"])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
 from lab import lab as orchestrator
@@ -21,11 +18,11 @@ HEADING = "Testing your multi-container app with lab"
 def test_the_readme_example_passes_and_leaves_nothing(
     pytester: pytest.Pytester, lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    session = labels.new_session_id()
     monkeypatch.setenv("LAB_SESSION", session)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(test_my_app=EXAMPLE.read_text())
-    selector = {"label": [f"{labels.SESSION}={session}"]}
+    selector = {"label": labels.session_labs(session)}  # its labs; its reaper goes by itself
     try:
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--timeout=200", timeout=300)
         result.assert_outcomes(passed=3)
@@ -33,6 +30,7 @@ def test_the_readme_example_passes_and_leaves_nothing(
     finally:  # should the run have left anything, it goes
         for container in lab_engine.containers(selector):
             orchestrator.remove_lab(lab_engine, container.labels[labels.NAME])
+        lab_engine.remove_containers(lab_engine.containers({"label": [f"{labels.SESSION}={session}"]}))
 
 
 def test_the_documented_example_is_the_file_that_runs() -> None:

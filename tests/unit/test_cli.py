@@ -40,6 +40,9 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["up", "--site", "/no/such/dir"], "site directory '/no/such/dir' does not exist"),
         (["up", "--name", "Bad_Name"], "lab name must be"),
         (["up", "--no-such-flag"], "No such option"),
+        (["up", "--ttl", "0"], "ttl must be between 10s and 7d (a week), not 0"),
+        (["up", "--ttl", "abc"], "ttl must be a duration such as 30m, 2h or 1h30m, not 'abc'"),
+        (["up", "--ttl", "8d"], "ttl must be between 10s and 7d (a week), not 8d"),
         (["render", "--replicas", "0"], "replicas must be between"),
     ],
 )
@@ -70,3 +73,31 @@ def test_render_prints_the_config_up_would_use(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "server demo-web-1:80" in out and "server demo-web-2:80" in out
     assert "demo-web-3" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nodes", "add", "0"], "node count must be between 1 and 4, not 0"),
+        (["nodes", "add", "5"], "node count must be between 1 and 4, not 5"),
+        (["nodes", "add", "-1"], "node count must be between 1 and 4, not -1"),
+        (["nodes", "add", "many"], "node count must be a whole number"),
+        (["nodes", "rm"], "give one NODE or --all"),
+        (["nodes", "rm", "lab-node-1", "--all"], "give one NODE or --all"),
+        (["push", "--tag", "v 1"], "tag 'v 1' is not valid"),
+        (["push", "--tag", "-x"], "tag '-x' is not valid"),
+        (["registry", "up", "--port", "0"], "port must be between 1 and 65535"),
+        (["registry", "up", "--port", "web"], "port must be a whole number"),
+        (["registry", "up", "--registry", "Bad_Name"], "registry name must be"),
+        (["registry", "down", "--registry", "a/b"], "registry name must be"),
+        (["registry", "status", "--registry", "A"], "registry name must be"),
+        (["push", "--registry", "A"], "registry name must be"),
+    ],
+)
+def test_registry_and_node_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    # No engine is reachable here: validation must come before any Docker call.
+    result = lab(*args, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

@@ -31,3 +31,14 @@ def test_user_labels_may_not_use_the_reserved_namespace() -> None:
     labels.reject_reserved({"team": "a"})
     with pytest.raises(ValueError, match="lab.name"):
         labels.reject_reserved({"lab.name": "other", "team": "a"})
+
+
+def test_new_session_ids_are_unique_and_not_what_old_sweeps_remove() -> None:
+    first, second = labels.new_session_id(), labels.new_session_id()
+    assert first != second and first.startswith("pytest.")
+    assert not first.startswith("pytest-")  # older lab versions swept `pytest-<pid>-...` sessions
+
+
+def test_a_sessions_labs_are_selected_without_its_reaper() -> None:
+    assert labels.session_labs("s") == ["lab.session=s", "lab.name"]
+    assert labels.NAME not in labels.for_session_reaper("s")

@@ -1,11 +1,10 @@
 """The report as a browser draws it: headless Chromium screenshots a rendered page.
 
-Skips when `chromium` is not installed, except in CI (CI=true), where a missing browser fails.
+Skips when `chromium` is not installed, except under CI (`in_ci`), where a missing browser fails.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.pytest_plugin import in_ci
 from lab.report import render_compare_report, render_verify_report, write_report
 from tests.unit.test_report import balanced_three, failed_run, sixty_four
 
@@ -26,7 +26,7 @@ def _chromium() -> str:
     path = shutil.which("chromium")
     if path:
         return path
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail("chromium is not on PATH; CI must install it (apt-get install -y chromium)")
     pytest.skip("chromium is not on PATH (apt-get install -y chromium)")
 

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,43 @@ def test_specs_round_trip_through_plain_values_and_changes_are_validated() -> No
     assert spec.with_changes(algorithm="random").algorithm == "random"
     with pytest.raises(InvalidInput, match="2 weights for 3"):
         spec.with_changes(weights="1,1")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("45", 45), ("7d", 604800), ("2H", 7200)],
+)
+def test_a_ttl_is_a_duration(text: str, seconds: int) -> None:
+    from lab.spec import parse_ttl
+
+    assert parse_ttl(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "ttl must be between 10s and 7d (a week), not 0"),
+        ("5s", "ttl must be between 10s and 7d (a week), not 5s"),
+        ("8d", "ttl must be between 10s and 7d (a week), not 8d"),
+        ("169h", "not 7d 1h"),
+        ("abc", "ttl must be a duration such as 30m, 2h or 1h30m, not 'abc'"),
+        ("-5m", "not '-5m'"),
+        ("1.5h", "not '1.5h'"),
+        ("", "not ''"),
+    ],
+)
+def test_a_bad_ttl_is_one_line(text: str, message: str) -> None:
+    from lab.spec import parse_ttl
+
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        parse_ttl(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59.6, "1m"), (61, "1m 1s"), (1800, "30m"), (5400, "1h 30m"), (93661, "1d 2h"), (-3, "0s")],
+)
+def test_durations_read_shortly(seconds: float, text: str) -> None:
+    from lab.spec import format_duration
+
+    assert format_duration(seconds) == text
