@@ -427,9 +427,14 @@ def wait_served_by_all(
             if time.monotonic() > deadline:
                 break
             lb.reload()
-            # "restarting": nginx exited at start (Docker's DNS did not answer for a replica's
-            # name in time, as happens on a busy engine) and its restart policy tries again.
-            if lb.status not in ("running", "created", "restarting"):
+            # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
+            # not resolve the replicas' names for a few seconds (a busy engine, or one entering or
+            # leaving swarm mode). Wait for it until the deadline, sending nothing meanwhile.
+            while lb.status == "restarting" and time.monotonic() < deadline:
+                last_problem = "the load balancer keeps restarting"
+                time.sleep(0.25)
+                lb.reload()
+            if lb.status not in ("running", "created"):
                 break
     missing = sorted(wanted - seen)
     raise NotReady(

@@ -396,27 +396,29 @@ def _fake_up(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine) -> LabSpec:
 
 # Waiting for every replica -----------------------------------------------------------------------
 class _FlakyBalancer:
-    """A load balancer whose nginx exits at its first starts, and its restart policy brings it back."""
+    """A load balancer whose nginx exits at start for a while; its restart policy brings it back."""
 
-    def __init__(self, restarts: int) -> None:
-        self.restarts = restarts
+    def __init__(self, down_for: float) -> None:
+        self.back_at = time.monotonic() + down_for
         self.status = "restarting"
 
     def reload(self) -> None:
-        self.restarts -= 1
-        self.status = "restarting" if self.restarts > 0 else "running"
+        self.status = "restarting" if time.monotonic() < self.back_at else "running"
 
 
 @pytest.fixture
-def balancer_on_loopback() -> Iterator[tuple[int, list[bool]]]:
-    """An HTTP server on 127.0.0.1 answering as lab `fake` would once `up[0]` is True."""
-    up = [False]
+def balancer_on_loopback() -> Iterator[tuple[int, list[bool], list[int]]]:
+    """An HTTP server on 127.0.0.1 answering as lab `fake` would once `up[0]` is True; `refused[0]`
+    counts the requests it got before."""
+    up, refused = [False], [0]
     names = iter(itertools.cycle(SPEC.replica_names()))
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
             if not up[0]:
+                refused[0] += 1
                 self.send_response(502)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(200)
@@ -430,17 +432,17 @@ def balancer_on_loopback() -> Iterator[tuple[int, list[bool]]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1], up
+    yield server.server_address[1], up, refused
     server.shutdown()
     server.server_close()
 
 
-def test_a_load_balancer_its_restart_policy_brings_back_is_waited_for(
-    balancer_on_loopback: tuple[int, list[bool]],
+def test_a_load_balancer_its_restart_policy_brings_back_is_waited_for_without_load(
+    balancer_on_loopback: tuple[int, list[bool], list[int]],
 ) -> None:
-    port, up = balancer_on_loopback
+    port, up, refused = balancer_on_loopback
     spec = LabSpec.create(name="fake", replicas=4, port=port)
-    lb = _FlakyBalancer(restarts=5)
+    lb = _FlakyBalancer(down_for=1.5)  # longer than the request budget lasts against quick 502s
     original = lb.reload
 
     def reload() -> None:
@@ -456,12 +458,13 @@ def test_a_load_balancer_its_restart_policy_brings_back_is_waited_for(
         deadline=time.monotonic() + 30,
     )
     assert lb.status == "running"
+    assert refused[0] == 1  # the first request found it down; then it waited, sending nothing
 
 
 def test_a_load_balancer_that_stays_down_fails_with_its_log(
-    balancer_on_loopback: tuple[int, list[bool]],
+    balancer_on_loopback: tuple[int, list[bool], list[int]],
 ) -> None:
-    port, _ = balancer_on_loopback
+    port, _, _ = balancer_on_loopback
     spec = LabSpec.create(name="fake", replicas=4, port=port)
     lb = FakeContainer("fake-lb", {}, status="exited")
     lb.reload = lambda: None  # type: ignore[attr-defined]
