@@ -34,7 +34,7 @@ def break_replica(
     disconnect: cut from the backend network, so packets to it go nowhere."""
     if how not in HOW:
         raise InvalidInput(f"unknown way to break a replica {how!r}; choose one of {', '.join(HOW)}")
-    find_running(engine, name)  # the lab must be up
+    lab = find_running(engine, name)  # the lab must be up
     container = find_replica(engine, name, replica)
     if container.status != "running":
         raise InvalidInput(
@@ -47,7 +47,7 @@ def break_replica(
     elif how == "pause":
         container.pause()
     else:
-        engine.client.networks.get(f"{name}-backend").disconnect(container, force=True)
+        engine.detach(lab.backend, container)
     if on_event:
         on_event(f"chaos: {how} {container.name}")
 
@@ -55,7 +55,7 @@ def break_replica(
 def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> list[str]:
     """Bring every broken replica back and reload nginx so it resolves their (new) addresses."""
     lab = find_running(engine, name)
-    backend = f"{name}-backend"
+    backend = lab.backend
     fixed = []
     for container in engine.containers(labels.lab_filter(name, labels.ROLE_WEB)):
         if container.status == "paused":
@@ -68,22 +68,22 @@ def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> li
             continue
         fixed.append(container.name)
     if fixed:
-        _wait_listening(engine, name, fixed)
+        _wait_listening(engine, name, backend, fixed)
         apply_config(
             engine,
             lab,
-            lab.spec.resized(len(serving_members(engine, name))),
+            lab.spec.resized(len(serving_members(engine, name, backend))),
         )
         if on_event:
             on_event(f"chaos: restored {', '.join(sorted(fixed))}")
     return sorted(fixed)
 
 
-def _wait_listening(engine: Engine, name: str, names: list[str], timeout: float = 30.0) -> None:
+def _wait_listening(engine: Engine, name: str, backend: str, names: list[str], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     pending = set(names)
     while pending and time.monotonic() < deadline:
-        for container in serving_members(engine, name):
+        for container in serving_members(engine, name, backend):
             if container.name in pending and probe_http(engine, container) == "ok":
                 pending.discard(container.name)
         if pending:

@@ -36,6 +36,7 @@ from lab.spec import (
     parse_algorithm,
     parse_bind,
     parse_port,
+    parse_replicas,
     parse_ttl,
 )
 
@@ -106,6 +107,8 @@ def up(
         lab_status = orchestrator.up(engine, spec, progress, ttl=seconds)
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
+    if lab_status.stuck_networks:
+        ui.note(orchestrator.stuck_note(spec.name, lab_status.stuck_networks))
     _print_expiry(lab_status)
 
 
@@ -119,16 +122,24 @@ def _print_expiry(lab_status: orchestrator.LabStatus) -> None:
 @cli.command()
 @name_option
 def down(name: str) -> None:
-    """Remove every container, network and volume of the lab (found by label)."""
+    """Remove every container, network and volume of the lab (found by label).
+
+    What the engine keeps is named with the reason; the exit status is non-zero only if
+    something of the lab still runs.
+    """
     engine = Engine.connect()
     removed = orchestrator.down(engine, name)
     if removed.nothing:
         ui.out.print(f"nothing to remove: there is no lab named {name!r}")
-    else:
-        ui.out.print(
-            f"removed lab {name}: {removed.containers} containers, {removed.networks} networks, "
-            f"{removed.volumes} volumes"
-        )
+        return
+    ui.out.print(
+        f"removed lab {name}: {removed.containers} containers, {removed.networks} networks, "
+        f"{removed.volumes} volumes"
+    )
+    for line in orchestrator.leftover_lines(removed.left):
+        ui.note(line)
+    if removed.running:
+        raise LabError(f"lab {name!r} still runs: {', '.join(removed.running)} could not be removed")
 
 
 @cli.command()
@@ -174,6 +185,7 @@ def configure(name: str, **balance: object) -> None:
 @click.argument("replicas")
 def scale(name: str, replicas: str) -> None:
     """Change the number of replicas of a running lab without dropping a request."""
+    parse_replicas(replicas)  # bad input is refused before any engine is asked
     with ui.progress_bar(f"scale {name} to {replicas}") as progress:
         spec = live.scale(Engine.connect(), name, replicas, on_event=lambda step: progress(step, None))
     ui.out.print(f"lab {name} now has {spec.replicas} replicas")

@@ -71,7 +71,10 @@ def compose_view(
 ) -> ComposeView:
     """Decide what the Compose file says (pure: images and version already resolved)."""
     image = site_image_tag(version)
-    replicas = [orchestrator.replica_request(spec, i, image, version) for i in spec.indices()]
+    # Compose creates the networks itself, under the names `lab up` gives when they are free.
+    replicas = [
+        orchestrator.replica_request(spec, i, image, version, spec.backend_network) for i in spec.indices()
+    ]
     lb = ContainerRequest(
         name=spec.lb_name,
         image=base.nginx,

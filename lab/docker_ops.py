@@ -25,12 +25,13 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.utils.socket import frames_iter
 
-from lab.errors import BuildFailed, EngineUnavailable, LabError, RegistryError
+from lab.errors import BuildFailed, EngineUnavailable, LabError, NameInUse, RegistryError
 
 LineFn = Callable[[str], None]
 # What the engine raises when it refuses a request; the CLI shows it as one line.
 ENGINE_REFUSALS: tuple[type[Exception], ...] = (docker.errors.APIError,)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
+ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 T = TypeVar("T")
 
 
@@ -148,12 +149,52 @@ class Engine:
 
     # Networks ---------------------------------------------------------------------------
     def create_network(self, name: str, labels: dict[str, str], *, internal: bool) -> Network:
-        return self.client.networks.create(
-            name, driver="bridge", internal=internal, labels=labels, check_duplicate=True
-        )
+        """Create a bridge network; NameInUse if a network already has that name."""
+        try:
+            return self.client.networks.create(
+                name, driver="bridge", internal=internal, labels=labels, check_duplicate=True
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameInUse(f"a network named {name} exists already") from exc
+            raise
 
     def networks(self, filters: dict[str, list[str]]) -> list[Network]:
         return self.client.networks.list(filters=filters)
+
+    def network_containers(self, network: Network) -> dict[str, str]:
+        """The containers the engine has on `network` now: id -> name (empty if it is gone)."""
+        try:
+            network.reload()
+        except docker.errors.NotFound:
+            return {}
+        found = network.attrs.get("Containers") or {}
+        return {cid: str(info.get("Name", cid[:12])) for cid, info in found.items()}
+
+    def remove_network(self, network: Network, *, patience: float = 0.0) -> str:
+        """Remove a network; "" once it is gone, else the engine's reason for keeping it.
+
+        The engine may release a just-removed container's endpoint a moment after the removal
+        returned ("has active endpoints"): that is retried for `patience` seconds.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                network.remove()
+                return ""
+            except docker.errors.NotFound:
+                return ""
+            except docker.errors.APIError as exc:
+                reason = _one_line(exc)
+                if ACTIVE_ENDPOINTS not in reason or time.monotonic() >= deadline:
+                    return reason
+                time.sleep(0.1)
+
+    def release_endpoints(self, container: Container) -> None:
+        """Take a container (running or not) off every network it is on; one gone already is fine."""
+        for network in container.attrs.get("NetworkSettings", {}).get("Networks") or {}:
+            with contextlib.suppress(docker.errors.APIError):  # not connected, or gone meanwhile
+                self.client.api.disconnect_container_from_network(container.id, network, force=True)
 
     # Containers -------------------------------------------------------------------------
     def create_container(self, req: ContainerRequest) -> Container:
@@ -222,6 +263,13 @@ class Engine:
 
     def attach(self, network: str, container: Container, aliases: list[str] | None = None) -> None:
         self.client.networks.get(network).connect(container, aliases=aliases)
+
+    def container_exists(self, container_id: str) -> bool:
+        try:
+            self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return False
+        return True
 
     def containers(self, filters: dict[str, list[str]]) -> list[Container]:
         # ignore_removed: a container removed between listing and inspecting is simply gone.
@@ -300,6 +348,12 @@ class Engine:
     def wait_exit(self, container: Container, timeout: float) -> int:
         return int(container.wait(timeout=timeout)["StatusCode"])
 
+    def kill(self, containers: Iterable[Container]) -> None:
+        """SIGKILL containers that run; one that is not running (or gone) is left as it is."""
+        for container in containers:
+            with contextlib.suppress(docker.errors.APIError):  # not running, or removed meanwhile
+                container.kill()
+
     # Cleanup ----------------------------------------------------------------------------
     def remove_containers(self, containers: Iterable[Container]) -> int:
         """Force-remove containers, several at a time (the engine works on them in parallel)."""
@@ -342,6 +396,15 @@ class Engine:
                         raise
                     time.sleep(0.1)
         return removed
+
+    def wait_gone(self, filters: dict[str, list[str]], *, timeout: float = 30.0) -> list[Container]:
+        """Wait until the engine lists no container matching `filters`; return what is left then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.containers(filters)
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.1)
 
     def remove_volumes(self, filters: dict[str, list[str]]) -> int:
         removed = 0

@@ -48,6 +48,10 @@ class DeployFailed(LabError):
     """A rolling deploy stopped; the previous version serves again."""
 
 
+class NameInUse(LabError):
+    """The engine already has a resource of that name."""
+
+
 class NotReady(LabError):
     """Containers started but the lab did not come up in time."""
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import requests
@@ -17,8 +18,8 @@ from docker.models.containers import Container
 
 from lab import labels
 from lab import reaper as reapers
-from lab.docker_ops import ContainerRequest, Engine
-from lab.errors import InvalidInput, LabError, NotReady
+from lab.docker_ops import ACTIVE_ENDPOINTS, ContainerRequest, Engine, Network
+from lab.errors import InvalidInput, LabError, NameInUse, NotReady
 from lab.images import ensure_base_images
 from lab.render import nginx_view, render_nginx_conf
 from lab.site import ensure_site_image
@@ -35,6 +36,9 @@ HTTPD_READY = "resuming normal operations"  # httpd logs this once it listens
 HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
 NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
 START_WORKERS = 16
+RUNNING_STATES = ("running", "restarting", "paused")
+# Why a network of a lab stays behind when nothing of the lab is on it any more.
+STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
 
 
 def _quiet(_: str, __: float | None) -> None:
@@ -55,13 +59,23 @@ class MemberStatus:
 
 
 @dataclass(frozen=True)
+class Leftover:
+    """Something of a lab that is still there, and why."""
+
+    kind: str  # "network" or "container"
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class LabStatus:
     name: str
     url: str
     algorithm: str
     load_balancer: MemberStatus | None
     replicas: tuple[MemberStatus, ...]
-    networks: tuple[str, ...]
+    networks: tuple[str, ...]  # every network labelled for the lab
+    stuck_networks: tuple[Leftover, ...] = ()  # those nothing of the lab is on, and why they stay
     expires_at: float | None = None  # UNIX time a `--ttl` lab removes itself
 
     def as_dict(self) -> dict[str, object]:
@@ -73,10 +87,20 @@ class Removed:
     containers: int
     networks: int
     volumes: int
+    left: tuple[Leftover, ...] = ()  # what could not be removed, and why
+    running: tuple[str, ...] = ()  # containers of the lab that still run
 
     @property
     def nothing(self) -> bool:
-        return not (self.containers or self.networks or self.volumes)
+        return not (self.containers or self.networks or self.volumes or self.left)
+
+
+@dataclass(frozen=True)
+class LabNetworks:
+    """The names of the networks one `up` created (fresh ones if the usual names were taken)."""
+
+    backend: str
+    frontend: str
 
 
 # Up -------------------------------------------------------------------------------------
@@ -101,14 +125,14 @@ def up(
     image, version = ensure_site_image(engine, spec.site, base.httpd, progress)
     config = render_nginx_conf(nginx_view(spec))
     with rollback_on_failure(engine, spec.name):
-        _create_networks(engine, spec)
+        networks = _create_networks(engine, spec)
         with ThreadPoolExecutor(max_workers=1) as side:
             # Testing the config and creating the load balancer need no replica, so they
-            # happen while the replicas start.
-            prepared = side.submit(_prepare_load_balancer, engine, spec, base.nginx, config)
-            start_containers(
-                engine, [replica_request(spec, i, image, version) for i in spec.indices()], progress
-            )
+            # happen while the replicas start; if the config fails its test, the start stops.
+            # Leaving this block waits for the side task, so a rollback never races it.
+            prepared = side.submit(_prepare_load_balancer, engine, spec, networks, base.nginx, config)
+            requests_ = [replica_request(spec, i, image, version, networks.backend) for i in spec.indices()]
+            start_containers(engine, requests_, progress, beside=prepared)
             lb = prepared.result()
         _start_load_balancer(engine, spec, lb, progress)
         wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
@@ -120,6 +144,10 @@ def up(
 
 
 def _refuse_if_present(engine: Engine, spec: LabSpec) -> None:
+    """Refuse a lab that runs; remove what a dead one left (an engine restart, a killed `lab`).
+
+    A network the engine will not release is left alone: `up` names its own networks afresh.
+    """
     existing = engine.containers(labels.lab_filter(spec.name))
     running = [c for c in existing if c.status in ("running", "restarting", "created")]
     if running:
@@ -128,7 +156,13 @@ def _refuse_if_present(engine: Engine, spec: LabSpec) -> None:
             f"use it, or remove it first with `lab down --name {spec.name}`"
         )
     if existing or engine.networks(labels.lab_filter(spec.name)):
-        remove_lab(engine, spec.name)  # leftovers of a lab that died (engine restart): nothing runs there
+        removed = remove_lab(engine, spec.name)
+        kept = [left for left in removed.left if left.kind == "container"]
+        if kept:
+            raise LabError(
+                f"lab {spec.name!r} left container {kept[0].name} behind and the engine did not remove it: "
+                f"{kept[0].reason}"
+            )
 
 
 def _refuse_if_port_taken(bind: str, port: int) -> None:
@@ -145,24 +179,56 @@ def _refuse_if_port_taken(bind: str, port: int) -> None:
             raise InvalidInput(f"port {port} on {bind} {reason}; choose another with --port") from None
 
 
-def _create_networks(engine: Engine, spec: LabSpec) -> None:
+def _create_networks(engine: Engine, spec: LabSpec) -> LabNetworks:
     # Replicas live on an internal network: no route out, nothing published.
-    engine.create_network(
-        spec.backend_network, labels.for_lab(spec.name, labels.ROLE_BACKEND_NET), internal=True
+    backend = _create_network(engine, spec.name, labels.ROLE_BACKEND_NET, spec.backend_network, internal=True)
+    frontend = _create_network(
+        engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
     )
-    engine.create_network(
-        spec.frontend_network, labels.for_lab(spec.name, labels.ROLE_FRONTEND_NET), internal=False
+    return LabNetworks(backend=backend, frontend=frontend)
+
+
+def _create_network(engine: Engine, lab: str, role: str, name: str, *, internal: bool) -> str:
+    """Create the network under `name`, or under a fresh name if `name` is taken (by a network the
+    engine will not release, or by anyone else's); everything finds it by its labels."""
+    candidates = [name, *(f"{name}-{secrets.token_hex(3)}" for _ in range(3))]
+    for candidate in candidates:
+        try:
+            engine.create_network(candidate, labels.for_lab(lab, role), internal=internal)
+        except NameInUse:
+            continue
+        return candidate
+    raise LabError(
+        f"could not find a free name for the {role} network of lab {lab!r} (tried {name} and 3 more)"
     )
 
 
-def replica_request(spec: LabSpec, index: int, image: str, version: str) -> ContainerRequest:
+def lab_network(engine: Engine, name: str, role: str, lb: Container | None = None) -> str:
+    """The network of `role` (labels.ROLE_BACKEND_NET or ROLE_FRONTEND_NET) lab `name` serves on.
+
+    It is the labelled one its load balancer is on: a network the engine would not release may
+    carry the same labels, and nothing of the lab is on that one.
+    """
+    labelled = {n.name for n in engine.networks(labels.lab_filter(name, role))}
+    balancers = [lb] if lb is not None else engine.containers(labels.lab_filter(name, labels.ROLE_LB))
+    for container in balancers:
+        for network in container.attrs["NetworkSettings"]["Networks"]:
+            if network in labelled:
+                return str(network)
+    raise LabError(
+        f"lab {name!r} has no {role} network its load balancer is on; `lab down` and `lab up` again"
+    )
+
+
+def replica_request(spec: LabSpec, index: int, image: str, version: str, network: str) -> ContainerRequest:
+    """Replica `index` of `spec` on `network` (the lab's backend network)."""
     name = spec.replica_name(index)
     return ContainerRequest(
         name=name,
         hostname=name,  # the site reports its hostname as X-Served-By
         image=image,
         labels=labels.for_lab(spec.name, labels.ROLE_WEB, replica=str(index), site_version=version),
-        network=spec.backend_network,
+        network=network,
         cap_add=HTTPD_CAPS,
     )
 
@@ -172,14 +238,22 @@ class _Cancelled(Exception):
 
 
 def start_containers(
-    engine: Engine, requests_: list[ContainerRequest], progress: ProgressFn
+    engine: Engine,
+    requests_: list[ContainerRequest],
+    progress: ProgressFn,
+    *,
+    beside: Future[object] | None = None,
 ) -> list[Container]:
     """Create and start containers in parallel; return once each has logged that it listens.
 
-    If anything fails or the user interrupts, workers stop creating and remove what they
-    create late, so the caller's rollback (a removal by label) misses nothing.
+    If anything fails (a start here, or the task `beside` that runs next to them), or the user
+    interrupts, workers stop creating, those already started are killed, and this returns (by
+    raising) only once every engine call in flight has ended: the caller's rollback then finds,
+    by label, everything that was made, and never removes a network while a container is being
+    created on it.
     """
     cancelled = threading.Event()
+    waiting: dict[str, Container] = {}  # started, and followed until they say they listen
     done = 0
     lock = threading.Lock()
 
@@ -189,10 +263,18 @@ def start_containers(
             raise _Cancelled
         container = engine.create_container(req)
         if cancelled.is_set():
-            engine.remove_containers([container])
-            raise _Cancelled
+            raise _Cancelled  # the rollback removes it, by label
         engine.start(container)
-        if not engine.wait_for_log(container, HTTPD_READY) and probe_http(engine, container) != "ok":
+        with lock:
+            waiting[container.name] = container
+        try:
+            if cancelled.is_set():
+                raise _Cancelled
+            listening = engine.wait_for_log(container, HTTPD_READY)
+        finally:
+            with lock:
+                waiting.pop(container.name, None)
+        if not listening and probe_http(engine, container) != "ok":
             if cancelled.is_set():
                 raise _Cancelled
             raise NotReady(f"replica {req.name} exited while starting", detail=engine.logs(container))
@@ -204,14 +286,41 @@ def start_containers(
     progress(f"starting {len(requests_)} replicas", 0.0)
     pool = ThreadPoolExecutor(max_workers=min(START_WORKERS, len(requests_)))
     futures = [pool.submit(create_start_wait, req) for req in requests_]
+    watched: list[Future[object]] = [*futures, *([beside] if beside is not None else [])]
     try:
+        finished, _ = wait(watched, return_when=FIRST_EXCEPTION)
+        errors = [f.exception() for f in watched if f in finished]
+        first = next((error for error in errors if error is not None), None)
+        if first is not None:
+            raise first
         return [future.result() for future in futures]
     except BaseException:
         cancelled.set()
+        with sigint_ignored():  # a second Ctrl-C must not leave calls running under the rollback
+            _drain(engine, futures, waiting, lock)
         raise
     finally:
-        # Don't wait: a worker blocked on a log stream ends once the rollback removes its container.
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(
+    engine: Engine, futures: list[Future[Container]], waiting: dict[str, Container], lock: threading.Lock
+) -> None:
+    """Cancel what has not begun and wait for the rest. A worker following the log of a container
+    that is starting ends once that container is stopped: it is taken off its network first, one
+    at a time (see remove_lab), then killed."""
+    for future in futures:
+        future.cancel()
+    stopped: set[str] = set()
+    pending = {f for f in futures if not f.done()}
+    while pending:
+        with lock:
+            to_stop = [c for name, c in waiting.items() if name not in stopped]
+        for container in to_stop:
+            engine.release_endpoints(container)
+            engine.kill([container])
+            stopped.add(container.name)
+        _, pending = wait(pending, timeout=0.2)
 
 
 def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: str) -> None:
@@ -244,7 +353,9 @@ def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: 
         engine.remove_containers([container])
 
 
-def _prepare_load_balancer(engine: Engine, spec: LabSpec, image: str, config: str) -> Container:
+def _prepare_load_balancer(
+    engine: Engine, spec: LabSpec, networks: LabNetworks, image: str, config: str
+) -> Container:
     """Test the config, then create (not start) the load balancer on both networks with it."""
     check_nginx_config(engine, spec, image, config)
     req = ContainerRequest(
@@ -252,13 +363,13 @@ def _prepare_load_balancer(engine: Engine, spec: LabSpec, image: str, config: st
         hostname=spec.lb_name,
         image=image,
         labels=labels.for_lab(spec.name, labels.ROLE_LB, spec=spec_label(spec)),
-        network=spec.frontend_network,
+        network=networks.frontend,
         ports={"80/tcp": (spec.bind, spec.port)},
         cap_add=NGINX_CAPS,
         restart="unless-stopped",
     )
     container = engine.create_container(req)
-    engine.attach(spec.backend_network, container)
+    engine.attach(networks.backend, container)
     engine.put_file(container, NGINX_CONF, config)
     engine.put_file(container, SPEC_FILE, spec_label(spec))
     return container
@@ -316,6 +427,13 @@ def wait_served_by_all(
             if time.monotonic() > deadline:
                 break
             lb.reload()
+            # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
+            # not resolve the replicas' names for a few seconds (a busy engine, or one entering or
+            # leaving swarm mode). Wait for it until the deadline, sending nothing meanwhile.
+            while lb.status == "restarting" and time.monotonic() < deadline:
+                last_problem = "the load balancer keeps restarting"
+                time.sleep(0.25)
+                lb.reload()
             if lb.status not in ("running", "created"):
                 break
     missing = sorted(wanted - seen)
@@ -331,9 +449,11 @@ def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
     """Remove every resource of lab `name` if the block fails or is interrupted."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         with sigint_ignored():  # a second Ctrl-C must not leave the rollback half done
-            remove_lab(engine, name)
+            removed = remove_lab(engine, name)
+        if removed.left and isinstance(exc, LabError):
+            exc.detail = "\n".join([exc.detail, *leftover_lines(removed.left)]).strip()
         raise
 
 
@@ -349,17 +469,72 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def remove_lab(engine: Engine, name: str) -> Removed:
-    """Remove every container, network and volume labelled with lab `name`."""
+def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
+    """Remove every container, network and volume labelled with lab `name`, as far as the engine lets.
+
+    Containers go first, and networks only once the engine lists none of them any more. A network
+    a container that is not the lab's is on stays (that container is never touched), and so does
+    one the engine still counts an endpoint on: `Removed.left` says which and why.
+    """
     selector = labels.lab_filter(name)
-    containers = engine.remove_containers(engine.containers(selector))
-    networks = engine.remove_networks(engine.networks(selector))
+    found = engine.containers(selector)
+    # Docker 20.10 keeps a count of each network's endpoints, and releases of several endpoints
+    # of one network at once can leave it one too high: the network then stays "in use" until the
+    # engine restarts. So endpoints are released one at a time, and only the removal is parallel.
+    for container in found:
+        engine.release_endpoints(container)
+    containers = engine.remove_containers(found)
+    kept = engine.wait_gone(selector, timeout=30.0 if found else 0.0)
+    ours = {c.id for c in found} | {c.id for c in kept}
+    left = [Leftover("container", c.name, f"the engine did not remove it (it is {c.status})") for c in kept]
+    networks = 0
+    for network in engine.networks(selector):
+        on_it = engine.network_containers(network)
+        reason = _held_by(engine, on_it, ours, {c.id for c in kept})
+        if not reason:
+            # Just after its containers went, the engine may need a moment to release their endpoints.
+            reason = engine.remove_network(network, patience=patience if found else 0.5)
+            if ACTIVE_ENDPOINTS in reason:
+                reason = STUCK
+        if reason:
+            left.append(Leftover("network", network.name, reason))
+        else:
+            networks += 1
     volumes = engine.remove_volumes(selector)
-    return Removed(containers, networks, volumes)
+    running = tuple(c.name for c in kept if c.status in RUNNING_STATES)
+    return Removed(containers, networks, volumes, tuple(left), running)
+
+
+def _held_by(engine: Engine, on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
+    """Why a network cannot go yet because of what is on it ("" if nothing is). An endpoint of a
+    container that no longer exists holds nothing: the removal then tells whether it is stuck."""
+    others = sorted(name for cid, name in on_it.items() if cid not in ours and engine.container_exists(cid))
+    if others:
+        return (
+            f"container {', '.join(others)}, not of this lab, is on it and is left alone; "
+            "disconnect or remove it to free the network"
+        )
+    still = sorted(name for cid, name in on_it.items() if cid in kept)
+    if still:
+        return f"the lab's container {', '.join(still)} is still on it"
+    return ""
 
 
 def down(engine: Engine, name: str) -> Removed:
     return remove_lab(engine, name)
+
+
+def leftover_lines(left: tuple[Leftover, ...]) -> list[str]:
+    """One line per thing that stays, naming it and why."""
+    return [f"left behind: {item.kind} {item.name}: {item.reason}" for item in left]
+
+
+def stuck_note(lab: str, stuck: tuple[Leftover, ...]) -> str:
+    """One line for `up`: the lab runs without its stuck networks; which they are and how to free them."""
+    names = " and ".join(item.name for item in stuck)
+    reasons = "; ".join(dict.fromkeys(item.reason for item in stuck))
+    verb = "is" if len(stuck) == 1 else "are"
+    return f"lab {lab} runs on new networks: {names} {verb} stuck ({reasons})"
 
 
 # Status ---------------------------------------------------------------------------------
@@ -367,9 +542,11 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
     """What runs for lab `name`; each running container is asked whether it answers HTTP,
     unless its health is already `known`."""
     containers = engine.containers(labels.lab_filter(name))
-    networks = tuple(sorted(n.name for n in engine.networks(labels.lab_filter(name))))
+    found_networks = engine.networks(labels.lab_filter(name))
+    networks = tuple(sorted(n.name for n in found_networks))
     if not containers and not networks:
         raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
+    stuck = _stuck_networks(engine, found_networks, {c.id for c in containers})
     lb_container = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
     web = sorted(
         (c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB),
@@ -386,8 +563,21 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
         load_balancer=_member(lb_container, checks) if lb_container else None,
         replicas=tuple(_member(c, checks) for c in web),
         networks=networks,
+        stuck_networks=stuck,
         expires_at=reapers.expires_at(reaper.labels) if reaper else None,
     )
+
+
+def _stuck_networks(engine: Engine, networks: list[Network], ours: set[str]) -> tuple[Leftover, ...]:
+    """Networks of the lab that nothing of the lab is on: `up` and `down` remove those, so one that
+    stays is held by someone else's container, or the engine still counts an endpoint on it."""
+    stuck = []
+    for network in networks:
+        on_it = engine.network_containers(network)
+        if any(cid in ours for cid in on_it):
+            continue
+        stuck.append(Leftover("network", network.name, _held_by(engine, on_it, ours, set()) or STUCK))
+    return tuple(sorted(stuck, key=lambda item: item.name))
 
 
 def _member(container: Container, checks: dict[str, str]) -> MemberStatus:

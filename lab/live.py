@@ -21,6 +21,7 @@ from lab.lab import (
     SPEC_FILE,
     ProgressFn,
     current_spec,
+    lab_network,
     probe_http,
     replica_request,
     spec_label,
@@ -42,6 +43,7 @@ class RunningLab:
     spec: LabSpec
     lb: Container
     replicas: list[str]  # names of the running replicas
+    backend: str  # the network the replicas serve on (found by label: not always NAME-backend)
 
 
 def find_running(engine: Engine, name: str) -> RunningLab:
@@ -54,7 +56,8 @@ def find_running(engine: Engine, name: str) -> RunningLab:
         raise LabError(f"the load balancer of lab {name!r} is {lb.status}, not running")
     web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
     running = sorted((c for c in web if c.status == "running"), key=_index)
-    return RunningLab(current_spec(engine, lb), lb, [c.name for c in running])
+    backend = lab_network(engine, name, labels.ROLE_BACKEND_NET, lb)
+    return RunningLab(current_spec(engine, lb), lb, [c.name for c in running], backend)
 
 
 def apply_config(
@@ -72,7 +75,7 @@ def apply_config(
     new config's generation once the load balancer answers with it.
     """
     if hosts is None:
-        hosts = [c.name for c in serving_members(engine, spec.name)]
+        hosts = [c.name for c in serving_members(engine, spec.name, lab.backend)]
     view = nginx_view(spec, hosts)
     config = render_nginx_conf(view)
     engine.put_file(lab.lb, NEXT_CONF, config)
@@ -126,7 +129,7 @@ def configure(engine: Engine, name: str, **changes: object) -> LabSpec:
     spec = lab.spec.with_changes(**changes)
     if spec == lab.spec:
         return spec
-    hosts = [c.name for c in serving_members(engine, name)]
+    hosts = [c.name for c in serving_members(engine, name, lab.backend)]
     if spec.weights and len(spec.weights) != len(hosts):
         raise InvalidInput(f"got {len(spec.weights)} weights for {len(hosts)} serving replicas")
     apply_config(engine, lab, spec, hosts=hosts)
@@ -134,13 +137,14 @@ def configure(engine: Engine, name: str, **changes: object) -> LabSpec:
 
 
 # Members of the upstream -----------------------------------------------------------------------
-def serving_members(engine: Engine, name: str) -> list[Container]:
-    """Replicas nginx can be pointed at: running or frozen, and reachable by name on the backend.
+def serving_members(engine: Engine, name: str, backend: str | None = None) -> list[Container]:
+    """Replicas nginx can be pointed at: running or frozen, and reachable by name on the backend
+    network (`backend`, by default the one the lab's load balancer is on).
 
     Docker's DNS forgets stopped and disconnected containers, and nginx refuses a config naming
     a host it cannot resolve, so those are left out of any new config.
     """
-    backend = f"{name}-backend"
+    backend = backend or lab_network(engine, name, labels.ROLE_BACKEND_NET)
     web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
     members = [
         c
@@ -193,14 +197,16 @@ def _retire(engine: Engine, containers: list[Container], on_event: EventFn | Non
 def _add_replicas(
     engine: Engine,
     spec: LabSpec,
+    network: str,
     count: int,
     first_index: int,
     image: str,
     version: str,
     on_event: EventFn | None,
 ) -> list[Container]:
-    """Start `count` new replicas and make sure each answers HTTP inside its container."""
-    requests_ = [replica_request(spec, i, image, version) for i in range(first_index, first_index + count)]
+    """Start `count` new replicas on `network` and make sure each answers HTTP inside its container."""
+    indices = range(first_index, first_index + count)
+    requests_ = [replica_request(spec, i, image, version, network) for i in indices]
     try:
         started = start_containers(engine, requests_, _progress_as_events(on_event))
         for container in started:
@@ -235,7 +241,7 @@ def _next_index(engine: Engine, name: str) -> int:
 def reload(engine: Engine, name: str, *, on_event: EventFn | None = None) -> None:
     """Test and gracefully reload the current config (what a config change costs, without a change)."""
     lab = find_running(engine, name)
-    hosts = [c.name for c in serving_members(engine, name)]
+    hosts = [c.name for c in serving_members(engine, name, lab.backend)]
     apply_config(engine, lab, lab.spec, hosts=hosts)
     _announce(on_event, f"nginx reloaded ({len(hosts)} replicas in the upstream)")
 
@@ -245,7 +251,7 @@ def scale(engine: Engine, name: str, replicas: object, *, on_event: EventFn | No
     upstream, let in-flight requests finish, then stop them gracefully). Never drops a request."""
     n = parse_replicas(replicas)
     lab = find_running(engine, name)
-    members = serving_members(engine, name)
+    members = serving_members(engine, name, lab.backend)
     if not members:
         raise LabError(f"lab {name!r} has no serving replica to scale from; `lab chaos restore` first")
     if n == len(members):
@@ -255,7 +261,7 @@ def scale(engine: Engine, name: str, replicas: object, *, on_event: EventFn | No
     if n > len(members):
         image, version = _current_image(members)
         added = _add_replicas(
-            engine, spec, n - len(members), _next_index(engine, name), image, version, on_event
+            engine, spec, lab.backend, n - len(members), _next_index(engine, name), image, version, on_event
         )
         try:
             apply_config(engine, lab, spec, hosts=[c.name for c in members + added])
@@ -291,7 +297,7 @@ def deploy(
     previous version and DeployFailed says so. Returns the new version.
     """
     lab = find_running(engine, name)
-    members = serving_members(engine, name)
+    members = serving_members(engine, name, lab.backend)
     if not members:
         raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
     site_dir = parse_site(site) if site is not None else lab.spec.site
@@ -321,7 +327,7 @@ def deploy(
         except (LabError, OSError) as exc:
             _announce(on_event, f"deploy stopped: {exc}; rolling back to {previous_version}")
             if replaced:
-                serving = serving_members(engine, name)
+                serving = serving_members(engine, name, lab.backend)
                 _swap(engine, lab, lab.spec, serving, replaced, previous_image, previous_version, on_event)
             detail = exc.detail if isinstance(exc, LabError) else ""
             raise DeployFailed(
@@ -346,7 +352,9 @@ def _swap(
     on_event: EventFn | None,
 ) -> list[Container]:
     """Start len(old) replicas of `image`, add them, then drain and retire `old`."""
-    new = _add_replicas(engine, spec, len(old), _next_index(engine, spec.name), image, version, on_event)
+    new = _add_replicas(
+        engine, spec, lab.backend, len(old), _next_index(engine, spec.name), image, version, on_event
+    )
     hosts = [c.name for c in serving if c not in old] + [c.name for c in new]
     try:
         apply_config(engine, lab, spec.resized(len(hosts)), hosts=hosts)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
-from lab.spec import PROJECT_DIR, LabSpec
+from lab.spec import MAX_REPLICAS, PROJECT_DIR, LabSpec
 
 NGINX_TEMPLATE_DIR = PROJECT_DIR / "nginx"
 # Package data next to this module, so the report templates are found in editable installs too.
@@ -29,6 +31,94 @@ class Backend:
     backup: bool = False
 
 
+# What nginx 1.22 (64-bit, 4 KiB pages) puts in an upstream's shared `zone`, read from
+# ngx_http_upstream_zone_module.c (zone_copy_peers / zone_copy_peer) and ngx_slab.c. Per server:
+# its state (ngx_http_upstream_rr_peer_t, 440 bytes with --with-compat's spare slots), its address
+# (ngx_sockaddr_t, 112), the address as text (NGX_SOCKADDR_STRLEN, 113) and its "host:port" text.
+# Per upstream: one peers struct for the servers and one for backups, the upstream's name and a
+# log string. The slab allocator rounds each piece up to a power of two (at least 8 bytes) and
+# gives each such size whole pages; its own bookkeeping (under 1 KiB, plus 24 bytes per page)
+# takes the first page(s). Checked against nginx -t: 64k holds 63 servers, 96k 104, 32k 16.
+SLAB_PAGE = 4096
+_PEER_STATE = 440
+_PEER_ADDRESS = 112
+_PEER_ADDRESS_TEXT = 113
+_PEERS = 80
+_POOL_HEADER = 1024
+_PAGE_DESCRIPTOR = 24
+_MIN_ZONE_PAGES = 8  # nginx refuses a smaller zone
+_LONGEST_INDEX = 999_999  # replica numbers grow with each deploy: leave room for long ones
+ZONE_MARGIN = 2  # room for nginx builds that keep more per server than 1.22 does
+
+
+def _slab_chunk(size: int) -> int:
+    """The slab chunk a request of `size` bytes takes: the next power of two, at least 8."""
+    return max(8, 1 << (size - 1).bit_length())
+
+
+def _slab_pages(chunk: int, count: int) -> int:
+    """Pages `count` chunks of one size take; chunks under 64 bytes keep their bitmap in the page."""
+    if chunk > SLAB_PAGE // 2:
+        return count * math.ceil(chunk / SLAB_PAGE)
+    per_page = SLAB_PAGE // chunk
+    if chunk < 64:
+        per_page -= math.ceil(per_page / 8 / chunk)
+    return math.ceil(count / per_page)
+
+
+def _per_server_chunks(server_text: int) -> list[int]:
+    return [_slab_chunk(size) for size in (_PEER_STATE, _PEER_ADDRESS, _PEER_ADDRESS_TEXT, server_text)]
+
+
+def upstream_zone_bytes(servers: int, server_text: int, upstream: str = "replicas") -> int:
+    """The smallest zone (whole pages) nginx 1.22 can copy `servers` servers into, the longest
+    written as `server_text` characters of "host:port"."""
+    chunks: Counter[int] = Counter()
+    for chunk in _per_server_chunks(server_text):
+        chunks[chunk] += servers
+    chunks[_slab_chunk(_PEERS)] += 2  # servers and backups
+    chunks[_slab_chunk(16)] += 1  # the upstream's name (ngx_str_t) ...
+    chunks[_slab_chunk(len(upstream))] += 1  # ... and its text
+    chunks[_slab_chunk(len(' in upstream zone ""') + 1 + len(upstream))] += 1
+    data = sum(_slab_pages(chunk, count) for chunk, count in chunks.items())
+    header = math.ceil((_POOL_HEADER + data * _PAGE_DESCRIPTOR) / SLAB_PAGE)
+    return max(data + header, _MIN_ZONE_PAGES) * SLAB_PAGE
+
+
+@dataclass(frozen=True)
+class ZoneSize:
+    """The upstream's shared memory, and why it has that size (the config says it)."""
+
+    size: str  # as nginx reads it, e.g. "136k"
+    servers: int  # servers it has room for
+    per_server: int  # bytes nginx 1.22 keeps per server
+    needed: int  # bytes nginx 1.22 needs for `servers` servers
+
+    @property
+    def why(self) -> tuple[str, ...]:
+        """Comment lines for the config."""
+        return (
+            f"{self.size}: nginx 1.22 keeps {self.per_server} bytes per server here (its state, address and name),",
+            f"{self.needed // 1024}k for {self.servers} servers, the most a lab can have, so `lab scale` never needs",
+            f"a bigger zone; times {ZONE_MARGIN} for nginx builds that keep more. (A fixed 64k held only 63.)",
+        )
+
+
+def zone_size(servers: int, longest_server: int, upstream: str = UPSTREAM_NAME) -> ZoneSize:
+    """The zone for an upstream of `servers` servers now: sized for the most a lab can ever have.
+
+    `longest_server` is the longest "host:port" it may ever name (replica numbers grow with deploys).
+    """
+    room = max(servers, MAX_REPLICAS)
+    needed = upstream_zone_bytes(room, longest_server, upstream)
+    return ZoneSize(
+        size=f"{ZONE_MARGIN * needed // 1024}k",
+        servers=room,
+        per_server=sum(_per_server_chunks(longest_server)),
+        needed=needed,
+    )
+
+
 @dataclass(frozen=True)
 class NginxView:
     """Everything the nginx template shows, already decided."""
@@ -38,8 +128,8 @@ class NginxView:
     method: str  # nginx's directive for the method, "" for round robin (its default)
     method_comment: str
     backends: tuple[Backend, ...]
+    zone: ZoneSize
     keepalive: int = 32
-    zone_size: str = "64k"
     max_fails: int = 1
     fail_timeout: str = "10s"
     generation: str = ""  # a hash of everything above; the load balancer sends it as X-Lab-Config
@@ -77,12 +167,14 @@ def nginx_view(spec: LabSpec, replica_hosts: list[str] | None = None) -> NginxVi
         Backend(index=i, host=host, port=BACKEND_PORT, weight=weight, backup=spec.backup == i)
         for i, (host, weight) in enumerate(zip(hosts, weights, strict=True), start=1)
     )
+    longest = Backend(index=0, host=spec.replica_name(_LONGEST_INDEX), port=BACKEND_PORT)
     view = NginxView(
         lab=spec.name,
         upstream=UPSTREAM_NAME,
         method=method_directive(spec),
         method_comment=comment,
         backends=backends,
+        zone=zone_size(len(backends), max(len(f"{b.host}:{b.port}") for b in (*backends, longest))),
         max_fails=spec.max_fails,
         fail_timeout=f"{spec.fail_timeout}s",
     )

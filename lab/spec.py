@@ -18,6 +18,11 @@ DEFAULT_REPLICAS = 3
 DEFAULT_PORT = 8080
 DEFAULT_BIND = "127.0.0.1"
 MAX_REPLICAS = 64
+# Why there is a maximum at all: the user is told this with any count above it.
+MAX_REPLICAS_WHY = (
+    "the most one lab is sized and tested for (the load balancer's shared memory is sized for it, "
+    "and every replica is a container of up to 128 MB on one engine)"
+)
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "random_two")
 DEFAULT_HASH_KEY = "$http_x_client_id"
 # nginx refuses a backup server with these methods.
@@ -145,6 +150,9 @@ class LabSpec:
     def lb_name(self) -> str:
         return f"{self.name}-lb"
 
+    # The names `lab up` gives its networks when they are free. A running lab's networks are found
+    # by label (lab.lab.lab_network): a network the engine would not release keeps its name, and
+    # the next `up` names its own networks afresh.
     @property
     def backend_network(self) -> str:
         return f"{self.name}-backend"
@@ -213,7 +221,11 @@ def parse_backup(value: object, replicas: int, method: str) -> int | None:
 
 def parse_replicas(value: object) -> int:
     n = _as_int(value, "replicas")
-    if not 1 <= n <= MAX_REPLICAS:
+    if n > MAX_REPLICAS:
+        raise InvalidInput(
+            f"replicas must be between 1 and {MAX_REPLICAS}, not {n}: {MAX_REPLICAS} is {MAX_REPLICAS_WHY}"
+        )
+    if n < 1:
         raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}, not {n}")
     return n
 

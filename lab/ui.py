@@ -61,7 +61,8 @@ def error(message: str, detail: str = "") -> None:
 
 
 def note(message: str) -> None:
-    err.print(message, highlight=False)
+    """One line on stderr, never wrapped (a script may grep it)."""
+    err.print(message, highlight=False, soft_wrap=True)
 
 
 def print_json(data: object) -> None:
@@ -97,6 +98,9 @@ def status_table(lab: LabStatus) -> Table:
             m.image,
             m.site_version or "-",
         )
+    if lab.stuck_networks:
+        table.caption = "\n".join(f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks)
+        table.caption_justify = "left"
     return table
 
 

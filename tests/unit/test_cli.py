@@ -31,6 +31,8 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["up", "--replicas", "-2"], "replicas must be between 1 and 64, not -2"),
         (["up", "--replicas", "abc"], "replicas must be a whole number"),
         (["up", "--replicas", "65"], "replicas must be between 1 and 64, not 65"),
+        (["up", "--replicas", "100"], "not 100: 64 is the most one lab is sized and tested for"),
+        (["scale", "65"], "not 65: 64 is the most one lab is sized and tested for"),
         (["up", "--port", "http"], "port must be a whole number"),
         (["up", "--port", "0"], "port must be between 1 and 65535"),
         (["up", "--port", "70000"], "port must be between 1 and 65535"),

@@ -4,8 +4,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from lab.render import nginx_view, render_nginx_conf
-from lab.spec import LabSpec
+from lab.render import ZONE_MARGIN, nginx_view, render_nginx_conf, upstream_zone_bytes
+from lab.spec import MAX_REPLICAS, LabSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -75,3 +75,39 @@ def test_generation_changes_exactly_when_the_config_does() -> None:
     assert one.generation == nginx_view(LabSpec.create(replicas=3)).generation
     assert one.generation != nginx_view(LabSpec.create(replicas=3, algorithm="random")).generation
     assert f"add_header X-Lab-Config {one.generation} always;" in render_nginx_conf(one)
+
+
+# The upstream zone -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("servers", "zone_k"),
+    # Measured with `nginx -t` in lab/nginx:1.22-debian: the most servers named lab-web-N:80 each
+    # zone size holds (64k held 63, which is why a fixed 64k failed `lab up --replicas 64`).
+    [(16, 32), (63, 64), (104, 96)],
+)
+def test_zone_model_matches_what_nginx_was_measured_to_hold(servers: int, zone_k: int) -> None:
+    assert upstream_zone_bytes(servers, len(f"lab-web-{servers}:80")) == zone_k * 1024
+    one_more = servers + 1
+    assert upstream_zone_bytes(one_more, len(f"lab-web-{one_more}:80")) > zone_k * 1024
+
+
+def test_zone_has_room_for_the_maximum_whatever_the_lab_has_now() -> None:
+    one = nginx_view(LabSpec.create(replicas=1)).zone
+    full = nginx_view(LabSpec.create(replicas=MAX_REPLICAS)).zone
+    assert one == full  # `lab scale` up to the maximum never needs a different zone
+    assert full.servers == MAX_REPLICAS
+    longest = len(f"{'x' * 40}-web-999999:80")  # the longest lab name, a replica number after many deploys
+    wide = nginx_view(LabSpec.create(name="x" * 40, replicas=MAX_REPLICAS)).zone
+    needed = upstream_zone_bytes(MAX_REPLICAS, longest)
+    assert int(wide.size.removesuffix("k")) * 1024 == ZONE_MARGIN * needed
+    assert int(full.size.removesuffix("k")) * 1024 > upstream_zone_bytes(MAX_REPLICAS, len("lab-web-64:80"))
+
+
+def test_config_says_why_the_zone_has_its_size() -> None:
+    view = nginx_view(LabSpec.create(replicas=3))
+    rendered = render_nginx_conf(view)
+    assert f"zone replicas {view.zone.size};" in rendered
+    lines = rendered.splitlines()
+    at = lines.index(f"        zone replicas {view.zone.size};")
+    comment = " ".join(line.strip().removeprefix("# ") for line in lines[at - 3 : at])
+    assert comment.startswith(f"{view.zone.size}: nginx 1.22 keeps {view.zone.per_server} bytes per server")
+    assert "64 servers, the most a lab can have, so `lab scale` never needs a bigger zone" in comment
