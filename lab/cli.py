@@ -282,12 +282,18 @@ load_options = _options(
 )
 @click.option("--algorithm", default="round_robin", show_default=True, help="With --url: the method it uses.")
 @click.option("--weights", default=None, help="With --url: expected weights, one per replica.")
+@click.option(
+    "--replicas",
+    default=None,
+    help="With --url: how many replicas there are (one that never answers counts).",
+)
 @load_options
 def verify(
     name: str | None,
     url: str | None,
     algorithm: str,
     weights: str | None,
+    replicas: str | None,
     requests_: str | None,
     duration: str | None,
     concurrency: str,
@@ -295,15 +301,21 @@ def verify(
     as_json: bool,
     report: str | None,
 ) -> None:
-    """Send bounded load through the load balancer and judge how it spreads over the replicas."""
+    """Send bounded load through the load balancer and judge how it spreads over the replicas.
+
+    Exit 0 balanced, 4 skewed, 5 inconclusive (too little evidence: the output says what would
+    decide), 1 failed (errors, or the access log disagrees).
+    """
     plan = verifier.LoadPlan.create(
         requests=requests_, duration=duration, concurrency=concurrency, clients=clients
     )
     if url and name:
         raise InvalidInput("give --name or --url, not both")
+    if replicas is not None and not url:
+        raise InvalidInput("--replicas is for --url; a lab knows its replicas")
     engine: Engine | None = None
     if url:
-        target = verifier.url_target(url, algorithm, weights or ())
+        target = verifier.url_target(url, algorithm, weights or (), replicas)
     else:
         engine = Engine.connect()
         target = verifier.lab_target(engine, name or DEFAULT_NAME)
@@ -368,8 +380,7 @@ def compare(
         ui.out.print(ui.compare_table(results))
         if report:
             ui.out.print(f"report: {report}")
-    worst = max(results, key=lambda r: ui.verdict_exit_code(r.verdict))
-    raise click.exceptions.Exit(ui.verdict_exit_code(worst.verdict))
+    raise click.exceptions.Exit(ui.verdict_exit_code(ui.worst_verdict([r.verdict for r in results])))
 
 
 @cli.command()

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad input on the command line
     NO_ENGINE = 3  # no Docker engine answers
     SKEWED = 4  # lab verify: traffic is not spread as expected
+    INCONCLUSIVE = 5  # lab verify: the sample cannot judge the spread (too few requests, clients, ...)
     INTERRUPTED = 130
 
 

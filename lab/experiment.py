@@ -226,8 +226,11 @@ class Event:
 class Check:
     """A judgement after a step: who got traffic in a window, and whether that is as it should be.
 
-    For a traffic check, `live` replicas should each have answered in `window` and `removed`
-    ones not at all; other checks (a deploy's versions) leave those lists empty.
+    For a traffic check, `live` replicas should each have answered in `window`, and nginx
+    should not have tried the `removed` ones at all (X-Upstream-Addr lists every address it
+    tried), or, for a broken replica still in its config, at most `allowed` probes (passive
+    health tries it again once per fail_timeout). Other checks (a deploy's versions) leave
+    those empty. A check that was not `judged` is not passed either.
     """
 
     name: str
@@ -240,6 +243,8 @@ class Check:
     served: list[str] = field(default_factory=list)  # replicas that answered in the window
     missing: list[str] = field(default_factory=list)  # live replicas that got nothing
     stray: list[str] = field(default_factory=list)  # replicas not live that still answered
+    attempts: dict[str, int] = field(default_factory=dict)  # removed replica -> times nginx tried it
+    allowed: int = 0  # attempts allowed per removed replica in the window (probes of a broken one)
 
 
 @dataclass(frozen=True)
@@ -274,16 +279,24 @@ class ExperimentResult:
 
     @property
     def passed(self) -> bool:
-        """Zero loss (or recovered, for kill-lb), every judged check passed, the operation done."""
+        """Zero loss (or recovered, for kill-lb), every check judged and passed, the operation done.
+
+        A check that could not be judged is no evidence, so it does not pass either.
+        """
         return (
             self.verdict in PASSING_VERDICTS
             and not self.operation_error
-            and all(c.passed for c in self.checks if c.judged)
+            and all(c.judged and c.passed for c in self.checks)
         )
+
+    @property
+    def unjudged(self) -> list[Check]:
+        return [c for c in self.checks if not c.judged]
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
         data["passed"] = self.passed
+        data["unjudged"] = [c.name for c in self.unjudged]
         return data
 
 
@@ -313,6 +326,19 @@ def whole_seconds(start: float, end: float) -> tuple[int, int] | None:
     return (a, b) if b > a else None
 
 
+def host_of(address: str) -> str:
+    """The host part of an upstream address ("172.18.0.3:80" -> "172.18.0.3", "[::1]:80" -> "::1")."""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]")
+
+
+def probes_allowed(seconds: float, fail_timeout: float) -> int:
+    """How often nginx may try a failed replica still in its config within `seconds`: passive
+    health lets one request through each time fail_timeout has passed (and marks it failed
+    again), so attempts are at least fail_timeout apart."""
+    return math.ceil(seconds / fail_timeout) + 1
+
+
 def traffic_check(
     name: str,
     timeline: Sequence[Second],
@@ -320,8 +346,16 @@ def traffic_check(
     end: float,
     live: Iterable[str],
     removed: Iterable[str] = (),
+    addresses: Mapping[str, str] | None = None,
+    probe_every: float | None = None,
 ) -> Check:
-    """Did every live replica answer in [start, end), and no replica that is not live?"""
+    """Did every live replica answer in [start, end), and did nginx leave the removed ones alone?
+
+    `addresses` maps each removed replica to the address nginx knew it by ("" when a new
+    replica took that address over: it is then judged by who answered); the attempts nginx
+    made are counted from each second's X-Upstream-Addr. `probe_every` (fail_timeout) allows a
+    broken replica still in the config its probes. Without `addresses`, only answers count.
+    """
     live_set, removed_set = sorted(set(live)), sorted(set(removed))
     window = whole_seconds(start, end)
     if window is None:
@@ -332,28 +366,59 @@ def traffic_check(
         )  # fmt: skip
     a, b = window
     served: dict[str, int] = {}
+    tried: dict[str, int] = {}
     for second in timeline:
         if a <= second.t < b:
             for replica, n in second.by_replica.items():
                 if n:
                     served[replica] = served.get(replica, 0) + n
+            for address, n in second.tried.items():
+                tried[host_of(address)] = tried.get(host_of(address), 0) + n
+    span = f"second {a}" if b == a + 1 else f"seconds {a}-{b - 1}"
+    unknown = [r for r in removed_set if addresses is not None and r not in addresses]
+    if unknown:
+        return Check(
+            name, False, False,
+            f"not judged: the address of {', '.join(unknown)} is unknown, so whether nginx still tried it "
+            "cannot be told", (float(a), float(b)), live_set, removed_set, sorted(served),
+        )  # fmt: skip
+    allowed = probes_allowed(b - a, probe_every) if probe_every else 0
+    attempts = {
+        r: tried.get(host_of(addresses[r]), 0) for r in removed_set if addresses is not None and addresses[r]
+    }
     missing = [r for r in live_set if r not in served]
     stray = sorted(r for r in served if r not in live_set)
-    passed = not missing and not stray
-    span = f"second {a}" if b == a + 1 else f"seconds {a}-{b - 1}"
+    too_often = {r: n for r, n in attempts.items() if n > allowed}
+    passed = not missing and not stray and not too_often
     parts = [f"{span}: {len(live_set) - len(missing)}/{len(live_set)} live replicas got traffic"]
     if missing:
         parts.append(f"none reached {', '.join(missing)}")
     if removed_set:
         got = [r for r in removed_set if r in served]
-        parts.append(
-            f"removed replicas still answered: {', '.join(got)}" if got else "removed replicas got none"
-        )
+        if got:
+            parts.append(f"removed replicas still answered: {', '.join(got)}")
+        if too_often:
+            limit = f"at most {allowed} probes allowed, one per fail_timeout" if allowed else "none allowed"
+            tries = ", ".join(f"{r} {n:,} times" for r, n in too_often.items())
+            parts.append(f"nginx still tried {tries} ({limit})")
+        if not got and not too_often:
+            probes = sum(attempts.values())
+            if addresses is None:
+                parts.append("removed replicas got none")
+            elif probes:
+                parts.append(
+                    f"removed replicas got none; nginx probed them {probes} times ({allowed} allowed)"
+                )
+            else:
+                parts.append("removed replicas got none and nginx tried none of them")
+        taken = [r for r in removed_set if addresses is not None and not addresses[r]]
+        if taken:
+            parts.append(f"{', '.join(taken)}: address taken over by a new replica, judged by who answered")
     others = [r for r in stray if r not in removed_set]
     if others:
         parts.append(f"answers from replicas that are not live: {', '.join(others)}")
     return Check(name, True, passed, "; ".join(parts), (float(a), float(b)), live_set, removed_set,
-                 sorted(served), missing, stray)  # fmt: skip
+                 sorted(served), missing, stray, attempts, allowed)  # fmt: skip
 
 
 def version_check(versions: Mapping[str, str], expected: str, what: str) -> Check:
@@ -556,6 +621,27 @@ class _Step:
     live: list[str]
     removed: list[str]
     settle: float = SETTLE
+    addresses: dict[str, str] = field(default_factory=dict)  # removed replica -> address ("" if reused)
+    probe_every: float | None = None  # failover: the broken replica stays in the config
+
+
+def backend_addresses(engine: Engine, name: str) -> dict[str, str]:
+    """Each serving replica's address on the lab's backend network: what nginx connects to."""
+    backend = f"{name}-backend"
+    found = {}
+    for container in live.serving_members(engine, name):
+        address = container.attrs["NetworkSettings"]["Networks"].get(backend, {}).get("IPAddress", "")
+        if address:
+            found[container.name] = address
+    return found
+
+
+def removed_addresses(
+    removed: Iterable[str], before: Mapping[str, str], after: Mapping[str, str]
+) -> dict[str, str]:
+    """The addresses the removed replicas had; "" where a replica still serving now holds it."""
+    taken = set(after.values())
+    return {r: ("" if before[r] in taken else before[r]) for r in removed if r in before}
 
 
 def run_experiment(
@@ -653,11 +739,14 @@ def _operate(
         for i, (due, n) in enumerate(zip(schedule(plan.duration, len(plan.steps)), plan.steps, strict=True)):
             _wait_until(_not_before(due, steps), rec, load)
             label = f"scale to {n}"
+            addresses = backend_addresses(engine, name)
             begin = rec.add(f"step {i + 1}: {label} begins", "step")
             live.scale(engine, name, n, on_event=rec.on_event)
             after = _running(engine, name)
             end = rec.add(f"step {i + 1}: {label} ends ({len(after)} replicas running)", "step")
-            steps.append(_Step(label, begin, end, after, sorted(set(before) - set(after))))
+            gone = sorted(set(before) - set(after))
+            where = removed_addresses(gone, addresses, backend_addresses(engine, name))
+            steps.append(_Step(label, begin, end, after, gone, addresses=where))
             before = after
         return steps, ""
     if plan.kind == "reload":
@@ -670,6 +759,7 @@ def _operate(
         return steps, ""
     (due,) = schedule(plan.duration, 1)
     _wait_until(due, rec, load)
+    addresses = backend_addresses(engine, name)
     if plan.kind == "deploy":
         label = f"deploy, {plan.batch} at a time"
         begin = rec.add(f"{label} begins", "step")
@@ -685,7 +775,9 @@ def _operate(
             rec.add(f"deploy failed: {exc.message}", "note")
         after = _running(engine, name)
         end = rec.add(f"{label} ends ({len(after)} replicas running)", "step")
-        steps.append(_Step(label, begin, end, after, sorted(set(before) - set(after))))
+        gone = sorted(set(before) - set(after))
+        where = removed_addresses(gone, addresses, backend_addresses(engine, name))
+        steps.append(_Step(label, begin, end, after, gone, addresses=where))
         extra["versions_after"] = probe_versions(lab.spec.url, len(after))
         return steps, error
     if plan.kind == "failover":
@@ -695,7 +787,11 @@ def _operate(
         end = rec.add(f"{label} ends", "step")
         others = [r for r in before if r != target]
         # nginx learns of a dead replica from a failed attempt and keeps it out for fail_timeout.
-        steps.append(_Step(label, begin, end, others, [target], settle=float(lab.spec.fail_timeout)))
+        where = {target: addresses.get(target, "")} if target in addresses else {}
+        steps.append(
+            _Step(label, begin, end, others, [target], settle=float(lab.spec.fail_timeout),
+                  addresses=where, probe_every=float(lab.spec.fail_timeout))
+        )  # fmt: skip
         extra["fail_timeout"] = lab.spec.fail_timeout
         extra["broken"] = target
         if plan.restore == "during":
@@ -791,6 +887,7 @@ def _result(
     verdict, reason = judge(plan.kind, timeline, tally.errors, tally.sent, failed_by_cause, broke_at)
     if operation_error:
         reason += f"; but the operation failed: {operation_error}"
+    reason += checks_clause(checks)
     notes = explain(
         plan.kind,
         retried=tally.retried,
@@ -833,6 +930,23 @@ def _result(
     )
 
 
+def checks_clause(checks: Sequence[Check]) -> str:
+    """ "; but 1 check failed and 1 could not be judged", or "" when every check passed."""
+    failed = sum(1 for c in checks if c.judged and not c.passed)
+    unjudged = sum(1 for c in checks if not c.judged)
+
+    def checks_word(n: int) -> str:
+        return f"{n} check{'s' if n > 1 else ''}"
+
+    if failed and unjudged:
+        return f"; but {checks_word(failed)} failed and {unjudged} could not be judged"
+    if failed:
+        return f"; but {checks_word(failed)} failed"
+    if unjudged:
+        return f"; but {checks_word(unjudged)} could not be judged"
+    return ""
+
+
 def latency_summary(tally: traffic.Tally) -> dict[str, float]:
     """p50, p99 and the slowest answer in milliseconds (a stall shows here even when nothing fails)."""
     histogram = tally.latency
@@ -858,7 +972,12 @@ def step_checks(
             name = f"after {step.label}: no traffic to it after fail_timeout ({step.settle:.0f} s)"
         else:
             name = f"after {step.label}: every live replica got traffic, removed ones none"
-        checks.append(traffic_check(name, timeline, step.end + step.settle, until, step.live, step.removed))
+        checks.append(
+            traffic_check(
+                name, timeline, step.end + step.settle, until, step.live, step.removed,
+                step.addresses, step.probe_every,
+            )
+        )  # fmt: skip
     return checks
 
 

@@ -36,6 +36,7 @@ from lab.charts import (
     ticks_125,
     verdict_badge,
 )
+from lab.describe import describe
 from lab.render import render_html
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
 
@@ -46,8 +47,10 @@ PERCENTILE_COLOURS = {"p50": "#1a7f37", "p95": "#9a5b00", "p99": "#b3261e"}
 VERDICT_STYLES = {
     "balanced": ("Balanced", "#1a7f37", "#ffffff"),
     "skewed": ("Skewed", "#f0b429", INK),
+    "inconclusive": ("Inconclusive", "#57606a", "#ffffff"),
     "failed": ("Failed", "#c62828", "#ffffff"),
 }
+BAND = "#6f42c1"  # the range of shares the test accepted
 
 METHOD_LABELS = {
     "round_robin": "round robin",
@@ -113,6 +116,7 @@ class VerifyView:
     test: TestView
     access_log: AccessLogView
     notes: list[str]
+    advice: str = ""  # inconclusive: what would make the test decisive
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ def verify_view(result: VerifyResult) -> VerifyView:
         test=test_view(result),
         access_log=access_log_view(result.access_log),
         notes=list(result.notes),
+        advice=result.advice,
     )
 
 
@@ -193,6 +198,7 @@ def compare_view(results: list[VerifyResult]) -> CompareView:
         replicas = list(result.replicas.values())
         short, _ = short_names([r.name for r in replicas])
         facts = [
+            ("Test", describe(result).name),
             ("Throughput", f"{_rate(result.throughput_rps)} req/s"),
             ("p95 latency", _ms(result.latency_ms.p95) if result.latency_ms else "—"),
             ("Max deviation", _percent(result.max_deviation)),
@@ -216,6 +222,8 @@ def compare_view(results: list[VerifyResult]) -> CompareView:
     if any(bar.fill == BAR_FLAGGED for column in columns for bar in column.chart.bars):
         legend.append(LegendItem("errors, or share not as due", BAR_FLAGGED, "swatch"))
     legend.append(LegendItem("expected share", EXPECTED, "line"))
+    if any(_band(r) for result in results for r in result.replicas.values()):
+        legend.append(LegendItem("accepted range", BAND, "line"))
     return CompareView(title=f"lab compare: {', '.join(labs) or 'no runs'}", columns=columns, legend=legend)
 
 
@@ -259,6 +267,7 @@ _TABLE_COLUMNS = (
     "Requests",
     "Share",
     "Expected",
+    "Accepted",
     "Deviation",
     "Status codes",
     "5xx",
@@ -293,6 +302,7 @@ def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
             Cell(f"{r.count:,}", "bad" if misplaced else ""),
             Cell(_percent(r.share)),
             Cell(_percent(r.expected_share)),
+            _accepted_cell(r),
             Cell(_signed_percent(d), dev_flag, "largest deviation" if r.name == worst else ""),
             Cell(statuses_label(r.statuses)),
             Cell(f"{r.errors:,}", "bad" if r.errors else ""),
@@ -302,6 +312,16 @@ def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
         flagged = misplaced or r.errors > 0 or log_cell.flag == "bad"
         rows.append(ReplicaRow(name=r.name, cells=cells, flagged=flagged))
     return rows
+
+
+def _accepted_cell(r: ReplicaResult) -> Cell:
+    band = _band(r)
+    if band is None:
+        return Cell("—", hint="this test has no per-replica range")
+    outside = not band[0] - 1e-12 <= r.share <= band[1] + 1e-12
+    return Cell(
+        f"{_percent(band[0])}–{_percent(band[1])}", "bad" if outside else "", "shares the test accepted"
+    )
 
 
 def _misplaced(r: ReplicaResult) -> bool:
@@ -332,97 +352,10 @@ def _access_log_cell(replica: ReplicaResult, check: AccessLogCheck) -> Cell:
 # The statistical test and the access-log cross-check, explained
 
 
-def _number(test: dict[str, object], key: str) -> float | None:
-    value = test.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-_TEST_NAMES = {
-    "chi_square": "Pearson's chi-square goodness of fit",
-    "within_bound": "Round-robin bound (every count near its exact share)",
-    "relative_deviation": "Relative deviation within tolerance",
-    "stickiness": "Client stickiness, then chi-square of how clients spread",
-}
-
-# key in VerifyResult.test -> label and format; shown in this order when present
-_TEST_FACTS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
-    ("statistic", "Statistic (χ²)", lambda v: "∞" if math.isinf(v) else f"{v:,.2f}"),
-    ("dof", "Degrees of freedom", lambda v: f"{v:.0f}"),
-    ("p_value", "p-value", lambda v: f"{v:.3g}"),
-    ("bound", "Bound", lambda v: f"± {v:.0f} requests"),
-    ("worst_abs_error", "Worst error", lambda v: f"{v:.1f} requests"),
-    ("max_relative_deviation", "Worst deviation", lambda v: _percent(v)),
-    ("clients", "Clients", lambda v: f"{v:,.0f}"),
-    ("sticky_clients", "Stayed on one replica", lambda v: f"{v:,.0f}"),
-    ("alpha", "Alpha (significance level)", lambda v: f"{v:g}"),
-)
-
-
 def test_view(result: VerifyResult) -> TestView:
-    test = result.test
-    name = str(test.get("test") or test.get("name") or "")
-    facts = [("Test", _TEST_NAMES.get(name, name or "none was run"))]
-    facts += [(label, fmt(v)) for key, label, fmt in _TEST_FACTS if (v := _number(test, key)) is not None]
-    if isinstance(test.get("worst_replica"), str):
-        facts.insert(1, ("Worst replica", str(test["worst_replica"])))
-    if isinstance(test.get("passed"), bool):
-        facts.append(("Passed", "yes" if test["passed"] else "no"))
-    return TestView(facts=facts, sentence=test_sentence(name, test, result.reason))
-
-
-def test_sentence(name: str, test: dict[str, object], reason: str) -> str:
-    """One plain sentence, for a student, on what the test asked and what it found."""
-    p, alpha = _number(test, "p_value"), _number(test, "alpha")
-    if name == "chi_square" and p is not None and alpha is not None:
-        verdict = (
-            "so the spread is what a fair balancer plausibly gives"
-            if p >= alpha
-            else "so chance alone is an unlikely explanation and the spread is skewed"
-        )
-        return (
-            "The chi-square test asks how often a perfectly fair balancer would, by pure chance, "
-            f"give counts at least this uneven: here {_chance(p)} of the time, "
-            f"{'at or above' if p >= alpha else 'below'} the {_chance(alpha)} threshold (alpha), {verdict}."
-        )
-    bound, error = _number(test, "bound"), _number(test, "worst_abs_error")
-    if name == "within_bound" and bound is not None and error is not None:
-        worst = test.get("worst_replica", "the worst replica")
-        within = "within" if error <= bound else "more than"
-        return (
-            "Round robin deals requests out in a fixed order, like cards, so every replica must be "
-            f"within {bound:.0f} request{'s' if bound != 1 else ''} of its exact share; "
-            f"{worst} was off by {error:.1f}, {within} that bound."
-        )
-    worst_dev = _number(test, "max_relative_deviation")
-    if name == "relative_deviation" and worst_dev is not None:
-        return (
-            "This method also reacts to how busy each replica is, so its weights are only a target: "
-            "each share must be within about 10% of its expected share (a little more in short runs), "
-            f"and the furthest one was {_percent(worst_dev)} off."
-        )
-    clients, sticky = _number(test, "clients"), _number(test, "sticky_clients")
-    if name == "stickiness" and clients is not None and sticky is not None:
-        spread = (
-            f", and a chi-square test of how clients spread over replicas gave p = {p:.3g} "
-            f"against alpha {alpha:g}"
-            if p is not None and alpha is not None
-            else ""
-        )
-        return (
-            "Hashing must send each client to the same replica every time: "
-            f"{sticky:,.0f} of {clients:,.0f} clients stayed on one replica{spread}."
-        )
-    return f"No statistical test could judge this run: {reason}."
-
-
-def _chance(p: float) -> str:
-    if p == 0:
-        return "0%"
-    if p < 1e-4:
-        return f"{p:.1e}"
-    return f"{p * 100:.3g}%"
+    """The test's facts and plain sentence: the same words the terminal prints (`describe`)."""
+    described = describe(result)
+    return TestView(facts=described.facts, sentence=described.sentence)
 
 
 def access_log_view(check: AccessLogCheck) -> AccessLogView:
@@ -486,7 +419,12 @@ def share_chart(
 
 def _share_top(replicas: Sequence[ReplicaResult]) -> tuple[float, float]:
     """The share axis: (top, step) with a little headroom above the tallest bar or marker."""
-    peak = max([r.share for r in replicas] + [r.expected_share for r in replicas] + [0.0])
+    peak = max(
+        [r.share for r in replicas]
+        + [r.expected_share for r in replicas]
+        + [r.expected_high for r in replicas if r.expected_high is not None]
+        + [0.0]
+    )
     step = nice_step(peak * 1.08 if peak > 0 else 1.0, max_ticks=5)
     return max(step, math.ceil(peak * 1.08 / step - 1e-9) * step), step
 
@@ -496,7 +434,16 @@ def _bar_colour(r: ReplicaResult) -> str:
 
 
 def _bar_title(r: ReplicaResult) -> str:
-    return f"{r.name}: {r.count:,} requests, {_percent(r.share)} (expected {_percent(r.expected_share)})"
+    title = f"{r.name}: {r.count:,} requests, {_percent(r.share)} (expected {_percent(r.expected_share)}"
+    if r.expected_low is not None and r.expected_high is not None:
+        title += f"; accepted {_percent(r.expected_low)}–{_percent(r.expected_high)}"
+    return title + ")"
+
+
+def _band(r: ReplicaResult) -> tuple[float, float] | None:
+    if r.expected_low is None or r.expected_high is None:
+        return None
+    return r.expected_low, r.expected_high
 
 
 def _vertical_shares(
@@ -555,6 +502,13 @@ def _vertical_shares(
                 3.0 if detailed else 2.0,
             )
         )
+        band = _band(r)
+        if band is not None:  # an I-beam at the bar's right edge: the shares the test accepted
+            bx, cap = px(centre + bar_w / 2 + 4), min(6.0, slot * 0.08)
+            y_low, y_high = px(y_of(band[0])), px(y_of(band[1]))
+            chart.marks.append(Line(bx, y_low, bx, y_high, BAND, 2.5 if detailed else 2.0))
+            for y in (y_low, y_high):
+                chart.marks.append(Line(px(bx - cap), y, px(bx + cap), y, BAND, 2.0))
         if show_labels:
             chart.texts.append(_category_label(clip_label(label), centre, base, font, rotate))
         if detailed:
@@ -563,7 +517,8 @@ def _vertical_shares(
             chart.texts.append(Text(px(centre), px(above), value, size=font - 1, bold=True))
     chart.grid.append(Line(plot.x, base, plot.x + plot.width, base, INK, 1.5))
     if detailed:
-        _legend(chart, plot.x + plot.width, 22.0, flagged=any(b.fill == BAR_FLAGGED for b in chart.bars))
+        flagged = any(b.fill == BAR_FLAGGED for b in chart.bars)
+        _legend(chart, plot.x + plot.width, 22.0, flagged=flagged, band=any(_band(r) for r in replicas))
     return chart
 
 
@@ -615,13 +570,22 @@ def _horizontal_shares(
         )
         ex = px(x_of(r.expected_share))
         chart.marks.append(Line(ex, px(middle - row / 2 + 1), ex, px(middle + row / 2 - 1), EXPECTED, 2.5))
+        band = _band(r)
+        if band is not None:
+            by, cap = px(middle + bar_h / 2 + 2), 3.0
+            x_low, x_high = px(x_of(band[0])), px(x_of(band[1]))
+            chart.marks.append(Line(x_low, by, x_high, by, BAND, 2.0))
+            for x in (x_low, x_high):
+                chart.marks.append(Line(x, px(by - cap), x, px(by + cap), BAND, 2.0))
         baseline = px(middle + font * 0.35)
         chart.texts.append(Text(px(plot.x - 8), baseline, clip_label(label), anchor="end", size=font))
         value = f"{r.count:,} · {_percent(r.share)}"
         chart.texts.append(Text(px(max(end, ex) + 8), baseline, value, anchor="start", size=font - 1))
     chart.grid.append(Line(plot.x, plot.y, plot.x, plot.y + plot.height, INK, 1.5))
     flagged = any(b.fill == BAR_FLAGGED for b in chart.bars)
-    _legend(chart, plot.x + plot.width + right - 8, 22.0, flagged=flagged)
+    _legend(
+        chart, plot.x + plot.width + right - 8, 22.0, flagged=flagged, band=any(_band(r) for r in replicas)
+    )
     return chart
 
 
@@ -644,9 +608,10 @@ def _share_ticks(
         )
 
 
-def _legend(chart: Chart, right_edge: float, y: float, flagged: bool) -> None:
-    """Legend in the top right corner: swatches for observed (and flagged) bars, a line for expected."""
-    x = right_edge - (640 if flagged else 330)
+def _legend(chart: Chart, right_edge: float, y: float, flagged: bool, band: bool = False) -> None:
+    """Legend in the top right corner: swatches for observed (and flagged) bars, a line for expected,
+    an I-beam for the accepted range when the test has one."""
+    x = right_edge - (640 if flagged else 330) - (190 if band else 0)
     chart.shapes.append(Rect(px(x), px(y - 11), 22, 14, BAR))
     chart.texts.append(Text(px(x + 30), px(y + 1), "observed share", anchor="start", size=15))
     if flagged:
@@ -659,6 +624,12 @@ def _legend(chart: Chart, right_edge: float, y: float, flagged: bool) -> None:
     lx = x + 180
     chart.marks.append(Line(px(lx), px(y - 4), px(lx + 24), px(y - 4), EXPECTED, 3.0))
     chart.texts.append(Text(px(lx + 32), px(y + 1), "expected share", anchor="start", size=15))
+    if band:
+        bx = lx + 170
+        chart.marks.append(Line(px(bx), px(y - 12), px(bx), px(y + 4), BAND, 2.5))
+        for yy in (y - 12, y + 4):
+            chart.marks.append(Line(px(bx - 5), px(yy), px(bx + 5), px(yy), BAND, 2.0))
+        chart.texts.append(Text(px(bx + 14), px(y + 1), "accepted range", anchor="start", size=15))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,11 +21,18 @@ class ReplicaResult:
     name: str
     count: int  # successful answers this replica served
     share: float  # count / all successful answers
-    expected_share: float
+    expected_share: float  # the equal (weighted) share: what one connection gets
     statuses: dict[int, int]
     errors: int  # 5xx answers it sent
     latency_ms: Latency | None
     access_log_count: int | None  # what the load balancer's log says it sent there (None: not checked)
+    latency_share: float | None = (
+        None  # least_conn / random_two: the inverse-latency (many connections) share
+    )
+    expected_low: float | None = (
+        None  # the shares the test accepted, margin included (None: no per-replica band)
+    )
+    expected_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,12 @@ class VerifyResult:
     duration_s: float
     concurrency: int
     clients: int
-    verdict: str  # balanced | skewed | failed
+    verdict: str  # balanced | skewed | inconclusive | failed
     reason: str
     access_log: AccessLogCheck
     retried: int = 0  # idempotent GETs retried after a stale keep-alive connection closed
     notes: list[str] = field(default_factory=list)
+    advice: str = ""  # inconclusive: what would make the test decisive
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)

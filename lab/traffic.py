@@ -44,7 +44,8 @@ class Second:
     """What was settled during second `t` of a run: answers and errors that arrived then.
 
     sent == ok + errors here too (a request belongs to the second its outcome arrived in);
-    `retried` counts stale keep-alive retries started in that second.
+    `retried` counts stale keep-alive retries started in that second. `tried` counts every
+    upstream address nginx attempted for the answers of that second, 5xx answers included.
     """
 
     t: int
@@ -54,6 +55,7 @@ class Second:
     errors_by_cause: dict[str, int] = field(default_factory=dict)
     by_replica: dict[str, int] = field(default_factory=dict)
     retried: int = 0
+    tried: dict[str, int] = field(default_factory=dict)  # upstream address -> attempts (X-Upstream-Addr)
 
     def merge(self, other: Second) -> None:
         """Add `other` (the same second of another run) into this one."""
@@ -63,6 +65,7 @@ class Second:
         self.retried += other.retried
         _add(self.errors_by_cause, other.errors_by_cause)
         _add(self.by_replica, other.by_replica)
+        _add(self.tried, other.tried)
 
 
 @dataclass
@@ -346,12 +349,13 @@ class _Replica:
 class _Second:
     """The counters of one second of the timeline, keyed by raw bytes like the engine's."""
 
-    __slots__ = ("ok", "errors", "causes", "by_replica", "retried")
+    __slots__ = ("ok", "errors", "causes", "by_replica", "retried", "tried")
 
     def __init__(self) -> None:
         self.ok = self.errors = self.retried = 0
         self.causes: dict[str, int] = {}
         self.by_replica: dict[bytes, int] = {}
+        self.tried: dict[bytes, int] = {}
 
 
 class _Engine:
@@ -711,6 +715,9 @@ class _Engine:
         t = int(now - self.t0)
         second = self.second if t == self.second_index else self._second_of(now)
         self.done += 1
+        if slot.upstream:
+            for address in upstream_addresses(slot.upstream):
+                second.tried[address] = second.tried.get(address, 0) + 1
         if status >= 500:
             second.errors += 1
             second.causes["http_5xx"] = second.causes.get("http_5xx", 0) + 1
@@ -816,6 +823,7 @@ class _Engine:
                 errors_by_cause=dict(s.causes),
                 by_replica={name(r): n for r, n in s.by_replica.items()},
                 retried=s.retried,
+                tried={a.decode("latin-1"): n for a, n in s.tried.items()},
             )
             for t, s in enumerate(self.seconds)
         ]
@@ -847,6 +855,12 @@ class _Engine:
                 tally.by_replica[replica] = ok
         tally.timeline = timeline
         return tally
+
+
+def upstream_addresses(value: bytes) -> list[bytes]:
+    """Every address in an X-Upstream-Addr value: nginx lists the attempts of one request as
+    "a:80, b:80", and those of an internal redirect after " : "."""
+    return [a.strip() for group in value.split(b" : ") for a in group.split(b",") if a.strip()]
 
 
 def _header(head: bytes, low: bytes, prefix: bytes) -> bytes:

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lab.describe import describe
 from lab.errors import ExitCode
 from lab.experiment import ExperimentResult
 from lab.lab import LabStatus, MemberStatus, ProgressFn
@@ -104,13 +105,29 @@ def status_table(lab: LabStatus) -> Table:
 
 
 # lab verify / compare ------------------------------------------------------------------------
-_VERDICT_STYLE = {"balanced": "bold green", "skewed": "bold yellow", "failed": "bold red"}
+_VERDICT_STYLE = {
+    "balanced": "bold green",
+    "skewed": "bold yellow",
+    "inconclusive": "bold blue",
+    "failed": "bold red",
+}
+_EXIT_CODES = {
+    "balanced": ExitCode.OK,
+    "skewed": ExitCode.SKEWED,
+    "inconclusive": ExitCode.INCONCLUSIVE,
+}
+_SEVERITY = ("balanced", "inconclusive", "skewed", "failed")  # for the worst of several runs
 _BAR_WIDTH = 30
 _TABLE_WITHOUT_BAR = 84  # columns the verify table needs besides the bar and the names
 
 
 def verdict_exit_code(verdict: str) -> int:
-    return {"balanced": ExitCode.OK, "skewed": ExitCode.SKEWED}.get(verdict, ExitCode.FAILED)
+    return _EXIT_CODES.get(verdict, ExitCode.FAILED)
+
+
+def worst_verdict(verdicts: list[str]) -> str:
+    """failed over skewed over inconclusive over balanced (unknown verdicts count as failed)."""
+    return max(verdicts, key=lambda v: _SEVERITY.index(v) if v in _SEVERITY else len(_SEVERITY))
 
 
 def _bar(share: float, expected: float, scale: float, width: int = _BAR_WIDTH) -> str:
@@ -150,39 +167,29 @@ def verify_table(result: VerifyResult) -> Table:
             logged = f"[red]{logged}[/]"
         lat = r.latency_ms
         bar = [_bar(r.share, r.expected_share, scale, bar_width)] if bar_width >= 8 else []
+        expected = f"{r.expected_share:.1%}"
+        if r.expected_low is not None and r.expected_high is not None:
+            expected = f"{r.expected_low:.1%}-{r.expected_high:.1%}"
         table.add_row(
-            r.name, f"{r.count:,}", f"{r.share:.1%}", f"{r.expected_share:.1%}", *bar,
+            r.name, f"{r.count:,}", f"{r.share:.1%}", expected, *bar,
             _ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None),
             str(r.errors), logged,
         )  # fmt: skip
     return table
 
 
-def _test_line(test: dict[str, object]) -> str:
-    name = test.get("test", "")
-    if name == "chi_square":
-        return (f"Pearson chi-square: statistic {test['statistic']:.2f}, {test['dof']} dof, "
-                f"p = {test['p_value']:.3g} (alpha {test['alpha']})")  # fmt: skip
-    if name == "within_bound":
-        return f"deterministic: every count within ±{test['bound']} of its exact share"
-    if name == "stickiness":
-        line = f"stickiness: {test['sticky_clients']}/{test['clients']} clients always on one replica"
-        if "p_value" in test:
-            line += f"; spread over replicas p = {test['p_value']:.3g}"
-        return line
-    if name == "relative_deviation":
-        return f"tolerance: every share within its bound (worst {test['max_relative_deviation']:.1%})"
-    return str(name or "no test")
-
-
 def verify_summary(result: VerifyResult) -> str:
     style = _VERDICT_STYLE.get(result.verdict, "bold")
     lat = result.latency_ms
     causes = ", ".join(f"{k} {v}" for k, v in result.errors_by_cause.items()) or "none"
-    lines = [
-        f"[{style}]{result.verdict.upper()}[/]: {result.reason}",
-        f"test: {_test_line(result.test)}",
-        f"largest deviation from the expected share: {result.max_deviation:.1%}",
+    described = describe(result)
+    lines = [f"[{style}]{result.verdict.upper()}[/]: {escape(result.reason)}"]
+    if result.advice:
+        lines.append(f"[bold]to decide:[/] {escape(result.advice)}")
+    lines += [
+        f"test: {escape(described.name)}: {escape(described.summary)}",
+        escape(described.sentence),
+        f"largest deviation from the equal (weighted) share: {result.max_deviation:.1%}",
         f"{result.ok:,} ok, {result.errors:,} errors ({causes}), {result.retried:,} retried on a fresh connection; "
         f"{result.throughput_rps:,.0f} req/s over {result.duration_s:.1f} s with {result.concurrency} connections",
     ]
@@ -196,7 +203,7 @@ def verify_summary(result: VerifyResult) -> str:
             f"access log: {check.log_total:,} requests logged, "
             + ("the same per replica as counted here" if check.matches else f"[red]differs: {check.note}[/]")
         )
-    lines += [f"note: {n}" for n in result.notes]
+    lines += [f"note: {escape(n)}" for n in result.notes]
     return "\n".join(lines)
 
 
@@ -208,7 +215,7 @@ def compare_table(results: list[VerifyResult]) -> Table:
         style = _VERDICT_STYLE.get(r.verdict, "")
         shares = " ".join(f"{x.share:.0%}" for x in r.replicas.values())
         table.add_row(
-            r.method, f"[{style}]{r.verdict}[/]", _test_line(r.test), f"{r.max_deviation:.1%}",
+            r.method, f"[{style}]{r.verdict}[/]", escape(describe(r).name), f"{r.max_deviation:.1%}",
             f"{r.throughput_rps:,.0f}", _ms(r.latency_ms.p95 if r.latency_ms else None), str(r.errors), shares,
         )  # fmt: skip
     return table

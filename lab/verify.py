@@ -18,9 +18,10 @@ from lab.docker_ops import Engine
 from lab.errors import InvalidInput
 from lab.live import find_running
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
-from lab.spec import parse_algorithm, parse_int_in_range, parse_weight_list
+from lab.spec import MAX_REPLICAS, parse_algorithm, parse_int_in_range, parse_weight_list
 
 ProgressFn = Callable[[str, float | None], None]
+LogReader = Callable[[float], Iterable[str]]  # the load balancer's log lines since a time (epoch seconds)
 MAX_REQUESTS = 10_000_000
 MAX_DURATION = 3600.0
 MAX_CONCURRENCY = 1024
@@ -79,6 +80,7 @@ class Target:
     backup: int | None  # 1-based replica index
     replicas: list[str] | None  # None: discovered from the answers (--url)
     hash_key: str = ""
+    expected_replicas: int | None = None  # --url: how many replicas there are (None: those that answer)
 
 
 def lab_target(engine: Engine, name: str) -> Target:
@@ -97,8 +99,14 @@ def lab_target(engine: Engine, name: str) -> Target:
     )
 
 
-def url_target(url: str, method: object = "round_robin", weights: object = ()) -> Target:
-    """Any load balancer whose replicas send X-Served-By; it must listen on loopback."""
+def url_target(
+    url: str, method: object = "round_robin", weights: object = (), replicas: object = None
+) -> Target:
+    """Any load balancer whose replicas send X-Served-By; it must listen on loopback.
+
+    `replicas` says how many there are, so one that never answers counts (with a share of 0);
+    without it, `weights` give the count, and else only replicas that answer are seen.
+    """
     parts = urlsplit(url)
     if (
         parts.scheme != "http"
@@ -106,15 +114,39 @@ def url_target(url: str, method: object = "round_robin", weights: object = ()) -
         or parts.hostname not in ("127.0.0.1", "localhost", "::1")
     ):
         raise InvalidInput(f"--url must be http://127.0.0.1:PORT/... (loopback only), not {url!r}")
-    # The replica count is known only once they answer; verify() checks the weights against it.
+    weight_list = parse_weight_list(weights)
+    count = parse_int_in_range(replicas, "replicas", 1, MAX_REPLICAS) if replicas is not None else None
+    if count is not None and weight_list and len(weight_list) != count:
+        raise InvalidInput(f"got {len(weight_list)} weights for {count} replicas (--replicas)")
     return Target(
         lab="",
         url=url,
         method=parse_algorithm(method),
-        weights=parse_weight_list(weights),
+        weights=weight_list,
         backup=None,
         replicas=None,
+        expected_replicas=count if count is not None else (len(weight_list) or None),
     )
+
+
+def silent_name(number: int) -> str:
+    """The name of a declared replica that never answered (--replicas N with fewer answering)."""
+    return f"(no answer #{number})"
+
+
+def replica_list(target: Target, answered: Iterable[str]) -> list[str]:
+    """The replicas judged: the lab's own list, or (--url) those that answered in name order,
+    then one entry per declared replica that never answered. Too many answering is bad input."""
+    if target.replicas is not None:
+        return list(target.replicas)
+    names = sorted(answered)
+    declared = target.expected_replicas
+    if declared is None:
+        return names or ["(none answered)"]
+    if len(names) > declared:
+        given = f"--replicas {declared}" if not target.weights else f"{len(target.weights)} weights"
+        raise InvalidInput(f"{given} but {len(names)} replicas answered: {', '.join(names)}")
+    return names + [silent_name(i) for i in range(1, declared - len(names) + 1)]
 
 
 def verify(
@@ -124,8 +156,13 @@ def verify(
     engine: Engine | None = None,
     progress: ProgressFn | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
+    access_log: LogReader | None = None,
 ) -> VerifyResult:
-    """Run the load, tally it, cross-check the access log (labs only) and judge the spread."""
+    """Run the load, tally it, cross-check the access log and judge the spread.
+
+    The access log is read through `engine` for a lab, or from `access_log` when given (any
+    source of lines in the lab's log format); without either it is not checked.
+    """
     notes: list[str] = []
     clients = plan.clients
     if target.method == "hash" and clients == 0:
@@ -134,7 +171,12 @@ def verify(
     if target.method == "ip_hash":
         notes.append(
             "ip_hash keys on the client address, and every request from this host reaches nginx from one "
-            "address (the Docker gateway): one client, so all traffic lands on one replica by design"
+            "address (the Docker gateway): one client, so all traffic lands on one replica by design; "
+            "stickiness is checked, the spread cannot be"
+        )
+    if target.replicas is None and target.expected_replicas is None:
+        notes.append(
+            "only replicas that answered are known: give --replicas N so one that never answers counts"
         )
     parts = urlsplit(target.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -161,12 +203,11 @@ def verify(
         headers={RUN_HEADER: run_id},
         on_progress=on_progress,
     )
-    replicas = target.replicas if target.replicas is not None else sorted(tally.by_replica)
-    if not replicas:
-        replicas = ["(none answered)"]
+    answered = {r for r, statuses in tally.status_by_replica.items() if statuses} | set(tally.by_replica)
+    replicas = replica_list(target, answered)
     weights = list(target.weights) or [1] * len(replicas)
     if len(weights) != len(replicas):
-        raise InvalidInput(f"got {len(weights)} weights but {len(replicas)} replicas answered")
+        raise InvalidInput(f"got {len(weights)} weights for {len(replicas)} replicas")
     backup = target.backup - 1 if target.backup else None
     per_client = tally.per_client
     if target.method == "ip_hash":
@@ -179,22 +220,30 @@ def verify(
         weights=weights,
         backup=backup,
         per_client=per_client,
+        latencies=[stats.LatencySample.of(tally.latency_by_replica.get(r)) for r in replicas],
         concurrency=plan.concurrency,
         workers=NGINX_WORKERS,
         shared_state=True,
         retries=tally.upstream_retries,
         alpha=alpha,
     )
-    if target.method == "least_conn" and judgement.verdict == "skewed":
-        # An uneven spread is least_conn doing its job if the slower replicas got less.
-        histograms = [tally.latency_by_replica.get(r) for r in replicas]
-        means = [h.mean if h is not None and h.count else 0.0 for h in histograms]
-        observed_counts = [tally.by_replica.get(r, 0) for r in replicas]
-        judgement = stats.slow_gets_less(replicas, observed_counts, means) or judgement
+    one_seen = target.replicas is None and target.expected_replicas is None and len(replicas) == 1
+    if one_seen and judgement.verdict == "balanced":
+        judgement = stats.Judgement(
+            "inconclusive",
+            f"only {replicas[0]} answered, and no other replica is known: one replica shows no spread",
+            judgement.test | {"passed": None},
+            "give --replicas N (how many replicas the load balancer has)",
+        )
     shares = _expected(target.method, replicas, weights, backup, per_client)
+    bands = _bands(judgement.test, len(replicas), tally.ok)
+    reader = access_log
+    if reader is None and engine is not None and target.lab:
+        lab_engine, lab_name = engine, target.lab
+        reader = lambda since: lab_engine.log_lines(find_running(lab_engine, lab_name).lb, since=since)  # noqa: E731
     log_check = (
-        cross_check_access_log(engine, target.lab, run_id, started, tally)
-        if engine is not None and target.lab
+        cross_check_access_log(reader, run_id, started, tally)
+        if reader is not None
         else AccessLogCheck(False, True, tally.ok, 0, {}, "not checked: no access to the load balancer's log")
     )
     if not log_check.matches:
@@ -219,8 +268,11 @@ def verify(
                 errors=sum(n for code, n in tally.status_by_replica.get(name, {}).items() if code >= 500),
                 latency_ms=_latency(tally.latency_by_replica.get(name)),
                 access_log_count=log_check_count(log_check, name, tally),
+                latency_share=band[0],
+                expected_low=band[1],
+                expected_high=band[2],
             )
-            for name, share in zip(replicas, shares, strict=True)
+            for name, share, band in zip(replicas, shares, bands, strict=True)
         },
         test=dict(judgement.test),
         max_deviation=stats.max_relative_deviation(observed, shares) if tally.ok else 0.0,
@@ -237,7 +289,24 @@ def verify(
         access_log=log_check,
         retried=tally.retried,
         notes=notes,
+        advice=judgement.advice if log_check.matches else "",
     )
+
+
+def _bands(
+    test: dict[str, object], n: int, total: int
+) -> list[tuple[float | None, float | None, float | None]]:
+    """Per replica: the inverse-latency share and the accepted share range, where the test has them."""
+    latency = test.get("latency_shares")
+    low, high = test.get("low_counts"), test.get("high_counts")
+    out: list[tuple[float | None, float | None, float | None]] = []
+    for i in range(n):
+        lat = float(latency[i]) if isinstance(latency, list) else None
+        if isinstance(low, list) and isinstance(high, list) and total:
+            out.append((lat, low[i] / total, high[i] / total))
+        else:
+            out.append((lat, None, None))
+    return out
 
 
 def _expected(
@@ -296,16 +365,13 @@ def access_log_by_replica(by_address: dict[str, int], tally: traffic.Tally) -> d
 
 
 def cross_check_access_log(
-    engine: Engine, lab: str, run_id: str, started: float, tally: traffic.Tally, *, wait: float = 3.0
+    read_lines: LogReader, run_id: str, started: float, tally: traffic.Tally, *, wait: float = 3.0
 ) -> AccessLogCheck:
     """Compare the verifier's per-replica counts with what nginx logged for the same run."""
-    lb = find_running(engine, lab).lb
     deadline = time.monotonic() + wait
     while True:
         # The engine copies container output to its log asynchronously: give it a moment.
-        by_replica = access_log_by_replica(
-            parse_access_log(engine.log_lines(lb, since=started - 1), run_id), tally
-        )
+        by_replica = access_log_by_replica(parse_access_log(read_lines(started - 1), run_id), tally)
         if sum(by_replica.values()) >= tally.ok or time.monotonic() > deadline:
             break
         time.sleep(0.1)

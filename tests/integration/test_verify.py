@@ -40,22 +40,30 @@ def verify_lab(engine: Engine, name: str, **plan: object) -> verifier.VerifyResu
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "clients"),
-    [("round_robin", 0), ("least_conn", 0), ("random", 0), ("random_two", 0), ("hash", 60), ("ip_hash", 0)],
+    ("algorithm", "clients", "verdict"),
+    [
+        ("round_robin", 0, "balanced"),
+        ("least_conn", 0, "balanced"),
+        ("random", 0, "balanced"),
+        ("random_two", 0, "balanced"),
+        ("hash", 60, "balanced"),
+        ("ip_hash", 0, "inconclusive"),  # one client address from this host: stickiness only
+    ],
 )
-def test_every_method_is_verified_balanced(
-    shared_lab: LabSpec, lab_engine: Engine, algorithm: str, clients: int
+def test_every_method_is_verified(
+    shared_lab: LabSpec, lab_engine: Engine, algorithm: str, clients: int, verdict: str
 ) -> None:
     live.configure(lab_engine, shared_lab.name, algorithm=algorithm, weights=())
     result = verify_lab(lab_engine, shared_lab.name, clients=clients)
     assert result.method == algorithm
-    assert result.verdict == "balanced", result.reason
+    assert result.verdict == verdict, result.reason
     assert result.errors == 0 and result.ok == result.requests == 600
     assert result.access_log.checked and result.access_log.matches, result.access_log
     assert result.access_log.log_total == 600
     if algorithm == "ip_hash":
         assert sum(1 for r in result.replicas.values() if r.count) == 1  # one client address, one replica
         assert any("one client" in note for note in result.notes)
+        assert "client networks" in result.advice
     elif algorithm != "hash":
         assert all(r.count > 0 for r in result.replicas.values())
 
@@ -222,4 +230,31 @@ def test_least_conn_sends_less_to_a_slow_replica(lab_cluster, lab_engine: Engine
     shares = {name: r.share for name, r in result.replicas.items()}
     assert shares[lab.replicas[0]] < min(shares[lab.replicas[1]], shares[lab.replicas[2]])
     assert result.verdict == "balanced", result.reason
-    assert result.test["test"] in ("slow_gets_less", "chi_square")
+    assert result.test["test"] == "share_band"
+    assert lab.replicas[0] in result.test["latency_significant"]  # Yuen's test saw the slow one
+    slow = result.replicas[lab.replicas[0]]
+    assert slow.latency_share is not None and slow.latency_share < slow.expected_share
+    assert slow.expected_low is not None and slow.expected_low <= slow.share <= (slow.expected_high or 0)
+    # At one connection every pick is a tie: least_conn deals like round robin, slow replica or not.
+    single = verify_lab(lab_engine, lab.name, requests=600, concurrency=1)
+    assert single.verdict == "balanced", single.reason
+    assert all(abs(r.count - 200) <= 1 for r in single.replicas.values())
+
+
+def test_cli_verify_exit_codes_on_a_real_lab(shared_lab: LabSpec, lab_engine: Engine) -> None:
+    """0 balanced, 4 skewed, 5 inconclusive, 1 failed: each from the real command."""
+    live.configure(lab_engine, shared_lab.name, algorithm="round_robin", weights=())
+    assert run_lab("verify", "--name", shared_lab.name, "-n", "300").code == 0
+    skewed = run_lab("verify", "--url", shared_lab.url, "--weights", "3,1,1", "-n", "300")
+    assert skewed.code == 4 and "SKEWED" in skewed.stdout, skewed.stdout
+    silent = run_lab("verify", "--url", shared_lab.url, "--replicas", "4", "-n", "300")
+    assert silent.code == 4 and "(no answer #1)" in silent.stdout
+    live.configure(lab_engine, shared_lab.name, algorithm="ip_hash")
+    try:
+        inconclusive = run_lab("verify", "--name", shared_lab.name, "-n", "300")
+    finally:
+        live.configure(lab_engine, shared_lab.name, algorithm="round_robin")
+    assert inconclusive.code == 5 and "INCONCLUSIVE" in inconclusive.stdout
+    assert "to decide:" in inconclusive.stdout
+    nothing = run_lab("verify", "--url", f"http://127.0.0.1:{free_port()}/", "-n", "20")
+    assert nothing.code == 1 and "FAILED" in nothing.stdout, nothing.stdout

@@ -15,10 +15,14 @@ from lab.experiment import (
     Event,
     ExperimentPlan,
     ExperimentResult,
+    checks_clause,
     explain,
+    host_of,
     judge,
     parse_steps,
+    probes_allowed,
     recovery_time,
+    removed_addresses,
     replicas_in_order,
     schedule,
     traffic_check,
@@ -377,7 +381,8 @@ def test_a_failed_check_or_operation_fails_the_experiment() -> None:
     bad = Check("after scale to 2", True, False, "removed replicas still answered: lab-web-7")
     assert not make_result(checks=[bad]).passed
     unjudged = Check("after scale to 2", False, False, "not judged")
-    assert make_result(checks=[unjudged]).passed
+    assert not make_result(checks=[unjudged]).passed  # no evidence is not a pass
+    assert make_result(checks=[unjudged]).unjudged == [unjudged]
     from dataclasses import replace
 
     assert not replace(make_result(), operation_error="deploy rolled back").passed
@@ -480,3 +485,81 @@ def test_report_for_a_recovered_kill_lb() -> None:
     assert view.badge.label == "Recovered"
     recovery = next(n for n in view.numbers if n.label == "Recovery")
     assert (recovery.value, recovery.detail) == ("1", "from second 3")
+
+
+# -- removed replicas judged by what nginx tried ---------------------------------------------------
+
+
+def failover_timeline(dead_tries_per_second: int) -> list[Second]:
+    """3 replicas for 4 s, then lab-web-1 is dead: the others answer, nginx may still try it."""
+    timeline = [spread(t, names(1, 2, 3)) for t in range(4)] + [spread(t, names(2, 3)) for t in range(4, 20)]
+    for s in timeline:
+        s.tried = {f"10.0.0.{i}:80": n for i, n in ((2, 20), (3, 20))}
+    for t in range(4, 20):
+        if dead_tries_per_second:
+            timeline[t].tried["10.0.0.1:80"] = dead_tries_per_second
+    return timeline
+
+
+ADDRESSES = {"lab-web-1": "10.0.0.1"}
+
+
+def test_a_dead_replica_nginx_keeps_trying_fails_the_check_though_nobody_saw_it_answer() -> None:
+    check = traffic_check("after kill lab-web-1", failover_timeline(7), 14.0, 20.0, names(2, 3),
+                          names(1), ADDRESSES, probe_every=10.0)  # fmt: skip
+    assert check.judged and not check.passed
+    assert check.served == names(2, 3)  # by who answered it would pass
+    assert check.attempts == {"lab-web-1": 42} and check.allowed == 2
+    assert "nginx still tried lab-web-1 42 times (at most 2 probes allowed" in check.detail
+
+
+def test_a_broken_replica_may_be_probed_once_per_fail_timeout() -> None:
+    timeline = failover_timeline(0)
+    timeline[15].tried["10.0.0.1:80"] = 1  # one probe (nginx then retried it on another replica)
+    check = traffic_check("after kill lab-web-1", timeline, 14.0, 20.0, names(2, 3), names(1), ADDRESSES,
+                          probe_every=10.0)  # fmt: skip
+    assert check.judged and check.passed, check.detail
+    assert check.attempts == {"lab-web-1": 1}
+    assert "probed them 1 times (2 allowed)" in check.detail
+    assert probes_allowed(6, 10) == 2 and probes_allowed(20, 2) == 11
+
+
+def test_a_scaled_away_replica_gets_no_attempt_at_all() -> None:
+    timeline = scale_timeline()
+    for s in timeline[10:]:
+        s.tried = {"10.0.0.1:80": 20, "10.0.0.2:80": 20}
+    addresses = {r: f"10.0.0.{i}" for i, r in enumerate(names(*range(1, 9)), start=1)}
+    removed = names(*range(3, 9))
+    clean = traffic_check("after scale to 2", timeline, 10.6, 15.0, names(1, 2), removed, addresses)
+    assert clean.passed and "nginx tried none of them" in clean.detail, clean.detail
+    timeline[13].tried["10.0.0.7:80"] = 1
+    once = traffic_check("after scale to 2", timeline, 10.6, 15.0, names(1, 2), removed, addresses)
+    assert not once.passed and "nginx still tried lab-web-7 1 times (none allowed)" in once.detail
+
+
+def test_an_unknown_address_leaves_the_check_unjudged_and_a_reused_one_falls_back_to_answers() -> None:
+    timeline = failover_timeline(0)
+    unknown = traffic_check("after kill lab-web-1", timeline, 14.0, 20.0, names(2, 3), names(1), {})
+    assert not unknown.judged and not unknown.passed and "address of lab-web-1 is unknown" in unknown.detail
+    reused = traffic_check("after deploy", timeline, 14.0, 20.0, names(2, 3), names(1), {"lab-web-1": ""})
+    assert reused.judged and reused.passed and "taken over by a new replica" in reused.detail
+
+
+def test_removed_addresses_leave_out_those_a_serving_replica_took_over() -> None:
+    before = {"lab-web-1": "10.0.0.2", "lab-web-2": "10.0.0.3"}
+    after = {"lab-web-3": "10.0.0.2"}
+    assert removed_addresses(["lab-web-1", "lab-web-2"], before, after) == {
+        "lab-web-1": "",
+        "lab-web-2": "10.0.0.3",
+    }
+    assert host_of("10.0.0.2:80") == "10.0.0.2" and host_of("[fd00::2]:80") == "fd00::2"
+
+
+def test_the_reason_says_when_a_check_failed_or_could_not_be_judged() -> None:
+    ok = Check("a", True, True, "")
+    bad = Check("b", True, False, "")
+    unjudged = Check("c", False, False, "")
+    assert checks_clause([ok]) == ""
+    assert checks_clause([ok, bad]) == "; but 1 check failed"
+    assert checks_clause([unjudged, unjudged]) == "; but 2 checks could not be judged"
+    assert checks_clause([bad, unjudged]) == "; but 1 check failed and 1 could not be judged"

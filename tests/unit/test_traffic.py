@@ -15,7 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lab.traffic import UNNAMED_REPLICA, Second, Tally, build_requests, loopback_address, run_load
+from lab.traffic import (
+    UNNAMED_REPLICA,
+    Second,
+    Tally,
+    build_requests,
+    loopback_address,
+    run_load,
+    upstream_addresses,
+)
 
 NAMES = ("r1", "r2", "r3")
 
@@ -415,3 +423,23 @@ def test_stop_event_ends_the_run_promptly(mode: str) -> None:
         assert (t.sent, t.cancelled) == (0, 2)
     else:
         assert t.ok > 0 and t.errors == 0 and t.cancelled <= 2
+
+
+def test_every_address_nginx_tried_is_counted_per_second_5xx_included() -> None:
+    with serve("r3_fails") as port:
+        t = run_load("127.0.0.1", port, requests=30, duration=None, concurrency=2)
+    tried: dict[str, int] = {}
+    for second in t.timeline:
+        for address, n in second.tried.items():
+            tried[address] = tried.get(address, 0) + n
+    assert tried == {"10.0.0.1:80": 10, "10.0.0.2:80": 10, "10.0.0.3:80": 10}  # r3's 503s too
+    assert sum(sum(s.tried.values()) for s in t.timeline) == t.sent
+
+
+def test_upstream_addresses_lists_retries_and_internal_redirects() -> None:
+    assert upstream_addresses(b"10.0.0.1:80, 10.0.0.2:80 : 10.0.0.3:80") == [
+        b"10.0.0.1:80",
+        b"10.0.0.2:80",
+        b"10.0.0.3:80",
+    ]
+    assert upstream_addresses(b"10.0.0.1:80") == [b"10.0.0.1:80"]
