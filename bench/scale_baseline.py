@@ -44,8 +44,7 @@ from up import (  # noqa: E402
     wait_all_answered,
 )
 
-from lab import lab as orchestrator  # noqa: E402
-from lab import traffic  # noqa: E402
+from lab import orchestrator, traffic  # noqa: E402
 from lab.docker_ops import Engine  # noqa: E402
 from lab.experiment import (  # noqa: E402
     CLIENT_TIMEOUT,

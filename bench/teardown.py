@@ -33,8 +33,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import lab as orchestrator  # noqa: E402
-from lab import labels  # noqa: E402
+from lab import labels, orchestrator  # noqa: E402
 from lab.docker_ops import ACTIVE_ENDPOINTS, Engine  # noqa: E402
 from lab.errors import LabError  # noqa: E402
 from lab.images import ensure_base_images  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import lab as orchestrator  # noqa: E402
+from lab import orchestrator  # noqa: E402
 from lab import verify as verifier  # noqa: E402
 from lab.docker_ops import Engine  # noqa: E402
 from lab.pytest_plugin import free_port  # noqa: E402

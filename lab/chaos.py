@@ -11,8 +11,9 @@ from docker.models.containers import Container
 from lab import labels
 from lab.docker_ops import Engine
 from lab.errors import InvalidInput, LabError
-from lab.lab import probe_http
-from lab.live import EventFn, apply_config, find_running, serving_members
+from lab.live import apply_config, find_running, serving_members
+from lab.orchestrator import probe_http
+from lab.progress import EventFn
 
 HOW = ("kill", "stop", "pause", "disconnect")
 

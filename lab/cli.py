@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from lab import lab as orchestrator
-from lab import live, ui
+from lab import live, orchestrator, ui
 from lab import reaper as reapers
 from lab import report as reports
 from lab import verify as verifier

@@ -6,14 +6,13 @@ same images, names, labels, capabilities and limits; `docker compose up -d --wai
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import lab as orchestrator
-from lab import labels
+from lab import labels, orchestrator
 from lab.docker_ops import ContainerRequest, Engine
 from lab.images import BaseImages, ensure_base_images
+from lab.progress import ProgressFn, quiet
 from lab.render import (
     ComposeNetwork,
     ComposeService,
@@ -25,9 +24,7 @@ from lab.render import (
 from lab.site import site_dockerfile, site_image_tag, site_version
 from lab.spec import DEFAULT_SITE, LabSpec
 
-ProgressFn = Callable[[str, float | None], None]
-
-# The probe `lab status` runs inside each container (lab/lab.py), made to fail unless the answer
+# The probe `lab status` runs inside each container (lab/orchestrator.py), made to fail unless the answer
 # is 2xx or 3xx. Through the load balancer, `/` is answered only once a replica is reachable.
 HEALTH_PROBE = (
     "exec 3<>/dev/tcp/127.0.0.1/80 && "
@@ -41,10 +38,6 @@ BACKEND, FRONTEND = "backend", "frontend"  # network keys inside the file
 class ComposeFiles:
     compose_file: Path
     nginx_conf: Path
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
 
 
 def nginx_conf_path(compose_file: Path, spec: LabSpec) -> Path:
@@ -135,7 +128,7 @@ def compose_view(
     )
 
 
-def write_compose(engine: Engine, spec: LabSpec, output: Path, progress: ProgressFn = _quiet) -> ComposeFiles:
+def write_compose(engine: Engine, spec: LabSpec, output: Path, progress: ProgressFn = quiet) -> ComposeFiles:
     """Resolve the base images, test the nginx config with `nginx -t`, and write both files.
 
     Nothing else is created: Compose builds the site image when it is missing.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -12,12 +11,7 @@ from docker.models.containers import Container
 from lab import nodes, registry
 from lab.docker_ops import Engine
 from lab.errors import RegistryError
-
-ProgressFn = Callable[[str, float | None], None]
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
+from lab.progress import ProgressFn, quiet
 
 
 @dataclass(frozen=True)
@@ -34,7 +28,7 @@ def method_for(engine: Engine) -> str:
 
 
 def deliver(
-    engine: Engine, image: str, *, method: str | None = None, progress: ProgressFn = _quiet
+    engine: Engine, image: str, *, method: str | None = None, progress: ProgressFn = quiet
 ) -> Delivered:
     """Make `image` present on every running node.
 

@@ -17,20 +17,18 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
 
-from lab import chaos, live, traffic
-from lab import lab as orchestrator
+from lab import chaos, live, orchestrator, traffic
 from lab.docker_ops import Engine
 from lab.errors import InvalidInput, LabError
+from lab.progress import ProgressFn
 from lab.spec import MAX_REPLICAS, parse_int_in_range, parse_site, probe_host
 from lab.traffic import ERROR_CAUSES, Second
-
-ProgressFn = Callable[[str, float | None], None]
 
 KINDS = ("scale", "deploy", "failover", "reload", "kill-lb")
 MIN_RATE, MAX_RATE = 1.0, 2000.0  # requests per second

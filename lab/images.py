@@ -20,8 +20,7 @@ import docker.errors
 
 from lab import labels
 from lab.errors import BuildFailed
-
-ProgressFn = Callable[[str, float | None], None]
+from lab.progress import ProgressFn
 
 OFFICIAL_HTTPD = "httpd:2.4"
 OFFICIAL_NGINX = "nginx:latest"

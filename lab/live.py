@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,9 @@ from lab import labels
 from lab.docker_ops import Engine
 from lab.errors import DeployFailed, InvalidInput, LabError, NotReady
 from lab.images import ensure_base_images
-from lab.lab import (
+from lab.orchestrator import (
     NGINX_CONF,
     SPEC_FILE,
-    ProgressFn,
     current_spec,
     lab_network,
     probe_http,
@@ -27,11 +25,10 @@ from lab.lab import (
     spec_label,
     start_containers,
 )
+from lab.progress import EventFn, ProgressFn
 from lab.render import nginx_view, render_nginx_conf
 from lab.site import ensure_site_image, site_image_tag, site_version
 from lab.spec import LabSpec, parse_int_in_range, parse_replicas, parse_site
-
-EventFn = Callable[[str], None]
 
 NEXT_CONF = "/etc/nginx/nginx.conf.next"
 

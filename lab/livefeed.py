@@ -22,7 +22,6 @@ from docker.models.containers import Container
 from lab import labels
 from lab.docker_ops import Engine, Follow
 from lab.errors import LabError
-from lab.lab import NGINX_CONF, current_spec
 from lab.livestate import (
     LabEvent,
     LiveModel,
@@ -33,6 +32,7 @@ from lab.livestate import (
     engine_event,
     upstream_hosts,
 )
+from lab.orchestrator import NGINX_CONF, current_spec
 from lab.render import BACKEND_PORT
 from lab.spec import LabSpec
 

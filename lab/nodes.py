@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,10 +20,9 @@ from lab import labels, registry, swarm
 from lab.docker_ops import Engine, NestedEngineRequest
 from lab.errors import InvalidInput, SwarmError
 from lab.images import SUITE, StandIn, ensure_standins
+from lab.progress import ProgressFn, quiet
 from lab.spec import parse_int_in_range
 from lab.undo import undo_on_failure
-
-ProgressFn = Callable[[str, float | None], None]
 
 NODE_IMAGE = StandIn(
     name="node",  # build context base/node: daemon.json and the registry forwarder
@@ -44,10 +43,6 @@ JOIN_TIMEOUT = 60.0  # seconds for the manager to see a joined node Ready
 STOP_TIMEOUT = 20  # a graceful stop lets the inner engine stop its containers and clean cgroups
 
 _PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,29}")
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
 
 
 # Pure --------------------------------------------------------------------------------------------
@@ -184,7 +179,7 @@ def add(
     *,
     init: bool = False,
     prefix: object = DEFAULT_PREFIX,
-    progress: ProgressFn = _quiet,
+    progress: ProgressFn = quiet,
 ) -> Added:
     """Start `count` nodes and join them to this engine's swarm as workers.
 

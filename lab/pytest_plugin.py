@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lab import lab as orchestrator
-from lab import labels
+from lab import labels, orchestrator
 from lab import reaper as reapers
 from lab.docker_ops import Engine
 from lab.errors import EngineUnavailable, InvalidInput, LabError
 from lab.spec import DEFAULT_REPLICAS, LabSpec, parse_replicas
+from lab.undo import sigint_ignored
 
 if TYPE_CHECKING:
     from lab.results import VerifyResult
@@ -142,7 +142,7 @@ def running_lab(
         yield LabHandle(engine, spec, spec.replica_names())
     finally:
         if not (keep and came_up):
-            with orchestrator.sigint_ignored():  # a second Ctrl-C must not leave it half removed
+            with sigint_ignored():  # a second Ctrl-C must not leave it half removed
                 orchestrator.remove_lab(engine, spec.name)
 
 

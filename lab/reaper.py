@@ -34,10 +34,9 @@ from typing import Any
 from lab import images, labels
 from lab.docker_ops import ENGINE_REFUSALS, ContainerRequest, Engine, refusal_message
 from lab.errors import LabError
+from lab.progress import ProgressFn
 from lab.reaper_agent import READY
 from lab.spec import parse_int_in_range
-
-ProgressFn = Callable[[str, float | None], None]
 
 AGENT = Path(__file__).with_name("reaper_agent.py")
 REPOSITORY = "lab/reaper"

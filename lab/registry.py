@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import requests
@@ -18,11 +17,10 @@ from lab import labels
 from lab.docker_ops import ContainerRequest, Engine
 from lab.errors import InvalidInput, LabError, RegistryError
 from lab.images import SUITE, StandIn, ensure_standins
+from lab.progress import ProgressFn, quiet
 from lab.site import SITE_REPOSITORY
 from lab.spec import parse_port
 from lab.undo import undo_on_failure
-
-ProgressFn = Callable[[str, float | None], None]
 
 REGISTRY_IMAGE = StandIn(
     name="registry",  # build context base/registry: the lab's config.yml
@@ -43,10 +41,6 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 # Docker's grammar for a tag: word characters, dots and dashes, at most 128, not starting with . or -.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PORT_TAKEN = ("address already in use", "port is already allocated")
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
 
 
 # Pure: names, validation, references ------------------------------------------------------
@@ -172,7 +166,7 @@ def up(
     engine: Engine,
     name: object = DEFAULT_REGISTRY,
     port: object = DEFAULT_REGISTRY_PORT,
-    progress: ProgressFn = _quiet,
+    progress: ProgressFn = quiet,
 ) -> RegistryStatus:
     """Start the registry on 127.0.0.1:`port` (building its image first if needed).
 
@@ -335,7 +329,7 @@ def push_site(
     *,
     tag: object = None,
     registry: object = DEFAULT_REGISTRY,
-    progress: ProgressFn = _quiet,
+    progress: ProgressFn = quiet,
 ) -> Pushed:
     """Push the site image of lab `lab` to the registry, as lab/site:TAG (default: its site version)."""
     wanted_tag = parse_tag(tag) if tag is not None else None
@@ -351,7 +345,7 @@ def push_image(
     *,
     registry: object = DEFAULT_REGISTRY,
     repository: str = SITE_REPOSITORY,
-    progress: ProgressFn = _quiet,
+    progress: ProgressFn = quiet,
 ) -> Pushed:
     """Push a local image to the running registry; refuse clearly, before touching anything, when it is down."""
     names = RegistryNames.of(registry)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 from lab import labels
 from lab.docker_ops import Engine, build_fraction
+from lab.progress import ProgressFn
 from lab.spec import DEFAULT_SITE
 
-ProgressFn = Callable[[str, float | None], None]
 SITE_REPOSITORY = "lab/site"
 
 

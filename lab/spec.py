@@ -151,7 +151,7 @@ class LabSpec:
         return f"{self.name}-lb"
 
     # The names `lab up` gives its networks when they are free. A running lab's networks are found
-    # by label (lab.lab.lab_network): a network the engine would not release keeps its name, and
+    # by label (lab.orchestrator.lab_network): a network the engine would not release keeps its name, and
     # the next `up` names its own networks afresh.
     @property
     def backend_network(self) -> str:

@@ -8,24 +8,18 @@ never left by the lab.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lab import labels
 from lab.docker_ops import Engine
 from lab.errors import SwarmError
-
-ProgressFn = Callable[[str, float | None], None]
+from lab.progress import ProgressFn, quiet
 
 SWARM_PORT = 2377
 DEFAULT_BRIDGE = "bridge"  # the engine's docker0: its gateway is the address the manager advertises
 GWBRIDGE = "docker_gwbridge"  # made by `swarm init`, left behind by `swarm leave`
 INGRESS = "ingress"
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
 
 
 # Pure ------------------------------------------------------------------------------------------
@@ -113,7 +107,7 @@ def view(engine: Engine) -> SwarmView:
     return SwarmView.from_info(engine.swarm_state())
 
 
-def ensure_manager(engine: Engine, *, init: bool = False, progress: ProgressFn = _quiet) -> Manager:
+def ensure_manager(engine: Engine, *, init: bool = False, progress: ProgressFn = quiet) -> Manager:
     """The host engine as a usable manager: initialised here when asked and needed, else refused clearly."""
     current = view(engine)
     reason = refusal(current, init=init)

@@ -15,7 +15,8 @@ from rich.table import Table
 from lab.describe import describe
 from lab.errors import ExitCode
 from lab.experiment import ExperimentResult
-from lab.lab import LabStatus, MemberStatus, ProgressFn
+from lab.orchestrator import LabStatus, MemberStatus
+from lab.progress import ProgressFn
 from lab.results import VerifyResult
 
 if TYPE_CHECKING:  # views only read these values; the modules that make them touch Docker

@@ -1,11 +1,24 @@
-"""A transaction for engine-wide work (registry, nodes, swarm): what was made is taken back on failure."""
+"""Transactions: what was made is taken back on failure, and Ctrl-C cannot cut the taking back short."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
-from lab.lab import sigint_ignored
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C in the block (a rollback must not be left half done); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Undo:

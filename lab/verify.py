@@ -17,10 +17,10 @@ from lab import stats, traffic
 from lab.docker_ops import Engine
 from lab.errors import InvalidInput
 from lab.live import find_running
+from lab.progress import ProgressFn
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
 from lab.spec import MAX_REPLICAS, parse_algorithm, parse_int_in_range, parse_weight_list
 
-ProgressFn = Callable[[str, float | None], None]
 LogReader = Callable[[float], Iterable[str]]  # the load balancer's log lines since a time (epoch seconds)
 MAX_REQUESTS = 10_000_000
 MAX_DURATION = 3600.0

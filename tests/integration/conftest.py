@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import lab as orchestrator
-from lab import labels, reaper
+from lab import labels, orchestrator, reaper
 from lab.docker_ops import Engine
 from lab.pytest_plugin import unique_name
 

@@ -17,8 +17,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from lab import lab as orchestrator
-from lab import labels
+from lab import labels, orchestrator
 from lab.docker_ops import Engine
 from lab.images import BaseImages, ensure_base_images
 from lab.pytest_plugin import unique_name

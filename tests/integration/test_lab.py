@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import lab as orchestrator
-from lab import labels
+from lab import labels, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images

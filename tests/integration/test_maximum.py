@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from lab import lab as orchestrator
+from lab import orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images

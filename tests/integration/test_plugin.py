@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import lab as orchestrator
-from lab import labels, reaper
+from lab import labels, orchestrator, reaper
 from lab.docker_ops import Engine
 from lab.pytest_plugin import LabHandle, running_lab, unique_name
 from tests.integration.conftest import left_by, new_session_id, remove_session, wait_until_reaper_gone

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab import lab as orchestrator
-from lab import labels
+from lab import labels, orchestrator
 from lab.docker_ops import Engine
 from lab.spec import PROJECT_DIR
 

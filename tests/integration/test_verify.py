@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import lab as orchestrator
-from lab import live, traffic
+from lab import live, orchestrator, traffic
 from lab import verify as verifier
 from lab.docker_ops import Engine
 from lab.pytest_plugin import free_port, unique_name

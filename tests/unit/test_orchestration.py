@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from lab import lab as orchestrator
-from lab import labels, live
+from lab import labels, live, orchestrator
 from lab.docker_ops import ContainerRequest
 from lab.errors import InvalidInput, LabError, NameInUse, NotReady
 from lab.spec import LabSpec

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
@@ -21,11 +20,11 @@ from lab import reaper as reapers
 from lab.docker_ops import ACTIVE_ENDPOINTS, ContainerRequest, Engine, Network
 from lab.errors import InvalidInput, LabError, NameInUse, NotReady
 from lab.images import ensure_base_images
+from lab.progress import ProgressFn, quiet
 from lab.render import nginx_view, render_nginx_conf
 from lab.site import ensure_site_image
 from lab.spec import LabSpec, probe_host
-
-ProgressFn = Callable[[str, float | None], None]
+from lab.undo import sigint_ignored
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 SPEC_FILE = "/etc/nginx/lab-spec.json"
@@ -39,10 +38,6 @@ START_WORKERS = 16
 RUNNING_STATES = ("running", "restarting", "paused")
 # Why a network of a lab stays behind when nothing of the lab is on it any more.
 STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
-
-
-def _quiet(_: str, __: float | None) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ class LabNetworks:
 def up(
     engine: Engine,
     spec: LabSpec,
-    progress: ProgressFn = _quiet,
+    progress: ProgressFn = quiet,
     *,
     timeout: float = 60.0,
     ttl: int | None = None,
@@ -455,18 +450,6 @@ def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
         if removed.left and isinstance(exc, LabError):
             exc.detail = "\n".join([exc.detail, *leftover_lines(removed.left)]).strip()
         raise
-
-
-@contextlib.contextmanager
-def sigint_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
