@@ -47,17 +47,16 @@ from up import (  # noqa: E402
 from lab import orchestrator, traffic  # noqa: E402
 from lab.docker_ops import Engine  # noqa: E402
 from lab.experiment import (  # noqa: E402
-    CLIENT_TIMEOUT,
     OBSERVE,
     SETTLE,
     Check,
     ExperimentPlan,
     ExperimentResult,
     latency_summary,
-    run_experiment,
     schedule,
     traffic_check,
 )
+from lab.experiment.run import CLIENT_TIMEOUT, run_experiment  # noqa: E402
 from lab.spec import LabSpec  # noqa: E402
 
 PROJECT = "lab-scale-baseline"

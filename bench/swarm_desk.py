@@ -49,7 +49,7 @@ def time_builds(engine: Engine) -> None:
         )
         began = time.monotonic()
         try:
-            ensure_standins(engine.client, [scratch])
+            ensure_standins(engine, [scratch])
             print(f"build {standin.name} image from scratch: {time.monotonic() - began:.1f} s")
         finally:
             for tag in (scratch.tag, scratch.rootfs):
@@ -70,9 +70,9 @@ def main() -> int:
     engine = Engine.connect()
     if args.builds:
         time_builds(engine)
-    base = ensure_base_images(engine.client)
+    base = ensure_base_images(engine)
     site, _ = ensure_site_image(engine, DEFAULT_SITE, base.httpd, lambda _s, _f: None)
-    ensure_standins(engine.client, [registry.REGISTRY_IMAGE, nodes.NODE_IMAGE])
+    ensure_standins(engine, [registry.REGISTRY_IMAGE, nodes.NODE_IMAGE])
     name, port, prefix = f"bench-reg-{uuid.uuid4().hex[:6]}", free_port(), f"bench-{uuid.uuid4().hex[:6]}"
     init = swarm.view(engine).state == "inactive"
     try:

@@ -33,7 +33,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import labels, orchestrator  # noqa: E402
+from lab import labels, loadbalancer, orchestrator  # noqa: E402
 from lab.docker_ops import ACTIVE_ENDPOINTS, Engine  # noqa: E402
 from lab.errors import LabError  # noqa: E402
 from lab.images import ensure_base_images  # noqa: E402
@@ -103,12 +103,12 @@ def rollback_on_broken_config(engine: Engine, name: str, replicas: int) -> Run:
         if description.endswith("replicas listening"):
             listening[0] = int(description.split("/")[0])
 
-    render = orchestrator.render_nginx_conf
+    render = loadbalancer.render_nginx_conf
     spec = LabSpec.create(name=name, replicas=replicas, port=free_port())
     started = time.monotonic()
     note, ok = "", False
     with mock.patch.object(
-        orchestrator, "render_nginx_conf", lambda view: render(view).replace("keepalive 32;", "keepalive;")
+        loadbalancer, "render_nginx_conf", lambda view: render(view).replace("keepalive 32;", "keepalive;")
     ):
         try:
             orchestrator.up(engine, spec, progress)
@@ -184,7 +184,7 @@ def main() -> int:
     options = parser.parse_args()
 
     engine = Engine.connect()
-    base = ensure_base_images(engine.client)
+    base = ensure_base_images(engine)
     ensure_site_image(engine, DEFAULT_SITE, base.httpd, lambda *_: None)  # built once, not in a timing
     print(f"labs of this run: {PREFIX}-*  ({options.replicas} replicas each)", flush=True)
     runs: list[Run] = []

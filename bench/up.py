@@ -96,7 +96,7 @@ def wait_all_answered(port: int, n: int, timeout: float = 120.0) -> None:
 
 def prepare_compose_images(engine: Engine) -> BaseImages:
     """The base images, and the bundled site built for Compose under a name of its own."""
-    base = ensure_base_images(engine.client)
+    base = ensure_base_images(engine)
     build = ["docker", "build", "-q", "-t", COMPOSE_IMAGE, "--build-arg", f"HTTPD_IMAGE={base.httpd}"]
     run([*build, str(DEFAULT_SITE)])
     return base

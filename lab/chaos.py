@@ -6,19 +6,18 @@ import os
 import signal
 import time
 
-from docker.models.containers import Container
-
 from lab import labels
-from lab.docker_ops import Engine
+from lab.engine import ContainerEngine as Engine
+from lab.engine import ContainerInfo
 from lab.errors import InvalidInput, LabError
-from lab.live import apply_config, find_running, serving_members
-from lab.orchestrator import probe_http
+from lab.orchestrator import find_running
 from lab.progress import EventFn
+from lab.replicas import probe_http
 
 HOW = ("kill", "stop", "pause", "disconnect")
 
 
-def find_replica(engine: Engine, name: str, replica: str) -> Container:
+def find_replica(engine: Engine, name: str, replica: str) -> ContainerInfo:
     """A replica of lab `name` by container name (`lab-web-2`) or number (`2`)."""
     web = engine.containers(labels.lab_filter(name, labels.ROLE_WEB))
     for container in web:
@@ -42,13 +41,13 @@ def break_replica(
             f"replica {container.name} is {container.status} already; `lab chaos restore` first"
         )
     if how == "kill":
-        container.kill(signal="SIGKILL")
+        engine.kill([container])
     elif how == "stop":
-        container.stop(timeout=10)
+        engine.stop(container, 10)
     elif how == "pause":
-        container.pause()
+        engine.pause(container)
     else:
-        engine.detach(lab.backend, container)
+        engine.detach(lab.backend.network, container)
     if on_event:
         on_event(f"chaos: {how} {container.name}")
 
@@ -56,35 +55,31 @@ def break_replica(
 def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> list[str]:
     """Bring every broken replica back and reload nginx so it resolves their (new) addresses."""
     lab = find_running(engine, name)
-    backend = lab.backend
+    backend = lab.backend.network
     fixed = []
     for container in engine.containers(labels.lab_filter(name, labels.ROLE_WEB)):
         if container.status == "paused":
-            container.unpause()
+            engine.unpause(container)
         elif container.status in ("exited", "created", "dead"):
-            container.start()
-        elif backend not in container.attrs["NetworkSettings"]["Networks"]:
+            engine.start(container)
+        elif not container.on(backend):
             engine.attach(backend, container)
         else:
             continue
         fixed.append(container.name)
     if fixed:
-        _wait_listening(engine, name, backend, fixed)
-        apply_config(
-            engine,
-            lab,
-            lab.spec.resized(len(serving_members(engine, name, backend))),
-        )
+        _wait_listening(engine, name, fixed)
+        lab.lb.apply(lab.spec, lab.backend.members())
         if on_event:
             on_event(f"chaos: restored {', '.join(sorted(fixed))}")
     return sorted(fixed)
 
 
-def _wait_listening(engine: Engine, name: str, backend: str, names: list[str], timeout: float = 30.0) -> None:
+def _wait_listening(engine: Engine, name: str, names: list[str], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     pending = set(names)
     while pending and time.monotonic() < deadline:
-        for container in serving_members(engine, name, backend):
+        for container in engine.containers(labels.lab_filter(name, labels.ROLE_WEB)):
             if container.name in pending and probe_http(engine, container) == "ok":
                 pending.discard(container.name)
         if pending:
@@ -97,7 +92,7 @@ def kill_lb(engine: Engine, name: str, *, on_event: EventFn | None = None) -> No
     """SIGKILL nginx's master from outside, as a crash would: the engine sees the container die on
     its own, and the restart policy brings it back (an API kill would count as a manual stop)."""
     lab = find_running(engine, name)
-    pid = int(lab.lb.attrs["State"]["Pid"])
+    pid = lab.lb.pid
     if pid <= 0:
         raise LabError(f"the load balancer of lab {name!r} has no process to kill")
     try:

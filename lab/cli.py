@@ -1,28 +1,27 @@
-"""The `lab` command: parses arguments, calls the orchestrator, prints results, maps errors to exits."""
+"""The `lab` command: parses arguments, calls the orchestrator, prints results, maps errors to exits.
+
+Each command imports what it uses when it runs: `lab --help` loads click and the pure spec only,
+and `lab up` neither the load engine nor the statistics.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import FrameType
-from typing import Any, TypeVar
 
-import click
+_STARTED = time.perf_counter()  # `lab up --timings` counts the imports from here
 
-from lab import live, orchestrator, ui
-from lab import reaper as reapers
-from lab import report as reports
-from lab import verify as verifier
-from lab.docker_ops import ENGINE_REFUSALS, Engine, refusal_message
-from lab.errors import ExitCode, InvalidInput, LabError
-from lab.images import ensure_base_images
-from lab.registry import DEFAULT_REGISTRY, DEFAULT_REGISTRY_PORT
-from lab.render import nginx_view, render_nginx_conf
-from lab.spec import (
+import contextlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import FrameType  # noqa: E402
+from typing import TYPE_CHECKING, Any, TypeVar  # noqa: E402
+
+import click  # noqa: E402
+
+from lab.errors import ExitCode, InvalidInput, LabError  # noqa: E402
+from lab.spec import (  # noqa: E402
     ALGORITHMS,
     DEFAULT_BIND,
     DEFAULT_NAME,
@@ -39,7 +38,19 @@ from lab.spec import (
     parse_ttl,
 )
 
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
+    from lab.results import LabStatus
+
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_REGISTRY, DEFAULT_REGISTRY_PORT = "lab-registry", 5000  # lab.registry checks they agree
+
+
+def _connect() -> Engine:
+    from lab.docker_ops import Engine
+
+    return Engine.connect()
+
 
 # Values are taken as text and validated by LabSpec, so every bad value gets the same one-line error.
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True, help="Name of the lab.")
@@ -93,25 +104,37 @@ def cli() -> None:
     "--ttl", default=None, help="Remove the lab by itself after this long: 30m, 2h, 1h30m (10s to 7d)."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--timings", is_flag=True, help="Print how long each phase took.")
 def up(
-    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, **balance: object
-) -> None:
+    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, timings: bool,
+    **balance: object,
+) -> None:  # fmt: skip
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
         name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
     )
     seconds = parse_ttl(ttl) if ttl is not None else None
-    engine = Engine.connect()
+    from lab import orchestrator, ui
+    from lab.progress import Timings
+
+    record = Timings()
+    record.add("imports", time.perf_counter() - _STARTED)
+    with record.phase("engine connect"):
+        engine = _connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
-        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds)
+        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds, timings=record)
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
     if lab_status.stuck_networks:
         ui.note(orchestrator.stuck_note(spec.name, lab_status.stuck_networks))
     _print_expiry(lab_status)
+    if timings:
+        ui.out.print(ui.timings_table(record.phases, time.perf_counter() - _STARTED))
 
 
-def _print_expiry(lab_status: orchestrator.LabStatus) -> None:
+def _print_expiry(lab_status: LabStatus) -> None:
+    from lab import ui
+
     if lab_status.expires_at is not None:
         left = format_duration(lab_status.expires_at - time.time())
         at = time.strftime("%H:%M:%S", time.localtime(lab_status.expires_at))
@@ -126,8 +149,9 @@ def down(name: str) -> None:
     What the engine keeps is named with the reason; the exit status is non-zero only if
     something of the lab still runs.
     """
-    engine = Engine.connect()
-    removed = orchestrator.down(engine, name)
+    from lab import orchestrator, ui
+
+    removed = orchestrator.down(_connect(), name)
     if removed.nothing:
         ui.out.print(f"nothing to remove: there is no lab named {name!r}")
         return
@@ -146,8 +170,9 @@ def down(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(name: str, as_json: bool) -> None:
     """Show the lab's load balancer and replicas: state, health, image, URL."""
-    engine = Engine.connect()
-    lab_status = orchestrator.status(engine, name)
+    from lab import orchestrator, ui
+
+    lab_status = orchestrator.status(_connect(), name)
     if as_json:
         ui.print_json(lab_status.as_dict())
     else:
@@ -163,6 +188,8 @@ def render(name: str, replicas: str, port: str, bind: str, site: str, **balance:
     spec = LabSpec.create(
         name=name, replicas=replicas, port=port, bind=bind, site=site, check_site=False, **_balance(**balance)
     )
+    from lab.render import nginx_view, render_nginx_conf
+
     sys.stdout.write(render_nginx_conf(nginx_view(spec)))
 
 
@@ -174,7 +201,9 @@ def configure(name: str, **balance: object) -> None:
     changes = _balance(**balance)
     if not changes:
         raise InvalidInput("nothing to change: give --algorithm, --weights, --hash-key, ...")
-    spec = live.configure(Engine.connect(), name, **changes)
+    from lab import live, ui
+
+    spec = live.configure(_connect(), name, **changes)
     weights = f" weights {','.join(map(str, spec.weights))}" if spec.weights else ""
     ui.out.print(f"lab {name} now balances with {spec.algorithm}{weights} (reloaded gracefully)")
 
@@ -185,9 +214,13 @@ def configure(name: str, **balance: object) -> None:
 def scale(name: str, replicas: str) -> None:
     """Change the number of replicas of a running lab without dropping a request."""
     parse_replicas(replicas)  # bad input is refused before any engine is asked
+    from lab import orchestrator, ui
+
     with ui.progress_bar(f"scale {name} to {replicas}") as progress:
-        spec = live.scale(Engine.connect(), name, replicas, on_event=lambda step: progress(step, None))
-    ui.out.print(f"lab {name} now has {spec.replicas} replicas")
+        scaled = orchestrator.scale(_connect(), name, replicas, on_event=lambda step: progress(step, None))
+    ui.out.print(f"lab {name} now has {scaled.spec.replicas} replicas")
+    for note in scaled.notes:
+        ui.out.print(note)
 
 
 @cli.command()
@@ -199,9 +232,11 @@ def scale(name: str, replicas: str) -> None:
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
 def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
+    from lab import orchestrator, ui
+
     with ui.progress_bar(f"deploy to {name}") as progress:
-        version = live.deploy(
-            Engine.connect(),
+        version = orchestrator.deploy(
+            _connect(),
             name,
             site=site,
             batch=batch,
@@ -215,7 +250,9 @@ def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
 @name_option
 def reload(name: str) -> None:
     """Test the current nginx config and reload it gracefully."""
-    live.reload(Engine.connect(), name)
+    from lab import live, ui
+
+    live.reload(_connect(), name)
     ui.out.print(f"lab {name}: nginx reloaded")
 
 
@@ -230,9 +267,10 @@ def _chaos_command(how: str, help_text: str) -> None:
     @click.argument("replica")
     def command(name: str, replica: str) -> None:
         from lab import chaos as breaker
+        from lab import ui
 
         events: list[str] = []
-        breaker.break_replica(Engine.connect(), name, replica, how, on_event=events.append)
+        breaker.break_replica(_connect(), name, replica, how, on_event=events.append)
         ui.out.print("\n".join(events))
 
 
@@ -247,8 +285,9 @@ _chaos_command("disconnect", "Cut a replica from the backend network.")
 def chaos_restore(name: str) -> None:
     """Bring every broken replica back and put it in the upstream again."""
     from lab import chaos as breaker
+    from lab import ui
 
-    fixed = breaker.restore(Engine.connect(), name)
+    fixed = breaker.restore(_connect(), name)
     ui.out.print(f"restored: {', '.join(fixed)}" if fixed else "nothing to restore")
 
 
@@ -257,9 +296,10 @@ def chaos_restore(name: str) -> None:
 def chaos_kill_lb(name: str) -> None:
     """SIGKILL the load balancer; its restart policy brings it back."""
     from lab import chaos as breaker
+    from lab import ui
 
     events: list[str] = []
-    breaker.kill_lb(Engine.connect(), name, on_event=events.append)
+    breaker.kill_lb(_connect(), name, on_event=events.append)
     ui.out.print("\n".join(events))
 
 
@@ -305,6 +345,10 @@ def verify(
     Exit 0 balanced, 4 skewed, 5 inconclusive (too little evidence: the output says what would
     decide), 1 failed (errors, or the access log disagrees).
     """
+    from lab import report as reports
+    from lab import ui
+    from lab import verify as verifier
+
     plan = verifier.LoadPlan.create(
         requests=requests_, duration=duration, concurrency=concurrency, clients=clients
     )
@@ -316,7 +360,7 @@ def verify(
     if url:
         target = verifier.url_target(url, algorithm, weights or (), replicas)
     else:
-        engine = Engine.connect()
+        engine = _connect()
         target = verifier.lab_target(engine, name or DEFAULT_NAME)
     with ui.progress_bar("verify", enabled=not as_json) as progress:
         result = verifier.verify(target, plan, engine=engine, progress=progress)
@@ -352,14 +396,18 @@ def compare(
     report: str | None,
 ) -> None:  # fmt: skip
     """Verify several balancing methods on the same lab, reconfiguring it live in between."""
+    from lab import live, orchestrator, ui
+    from lab import report as reports
+    from lab import verify as verifier
+
     methods = [parse_algorithm(a) for a in algorithms.split(",") if a.strip()]
     if not methods:
         raise InvalidInput("give at least one method with --algorithms")
     plan = verifier.LoadPlan.create(
         requests=requests_, duration=duration, concurrency=concurrency, clients=clients
     )
-    engine = Engine.connect()
-    original = live.find_running(engine, name).spec
+    engine = _connect()
+    original = orchestrator.find_running(engine, name).spec
     results = []
     try:
         with ui.progress_bar("compare", enabled=not as_json) as progress:
@@ -391,12 +439,13 @@ def compose(
     name: str, replicas: str, port: str, bind: str, site: str, output: str, **balance: object
 ) -> None:
     """Write a Compose file (and its nginx.conf) that builds the same lab as `lab up`."""
-    from lab.compose import write_compose  # imported here: this command is one self-contained block
+    from lab import ui
+    from lab.compose import write_compose
 
     spec = LabSpec.create(
         name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
     )
-    engine = Engine.connect()
+    engine = _connect()
     with ui.progress_bar(f"lab compose {spec.name}") as progress:
         written = write_compose(engine, spec, Path(output), progress)
     ui.out.print(
@@ -430,28 +479,36 @@ def compose(
     default=None,
     help="failover: restore it after the measured window (after, the default), during it, or no.",
 )
+@click.option(
+    "--tag", default=None, help="deploy: version name for the new site image (default: a content hash)."
+)
 @click.option("--times", default=None, help="reload: how many reloads (default 3).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here.")
 def experiment(
     kind: str, name: str, rate: str, duration: str, steps: str | None, batch: str | None, site: str | None,
-    how: str | None, replica: str | None, restore: str | None, times: str | None, as_json: bool, report: str | None,
+    how: str | None, replica: str | None, restore: str | None, tag: str | None, times: str | None, as_json: bool,
+    report: str | None,
 ) -> None:  # fmt: skip
     """Steady load through the load balancer while scale, deploy, failover, reload or kill-lb runs; every request counted.
 
     KIND is scale, deploy, failover, reload or kill-lb. Exit 0 when nothing failed (kill-lb: the load
     balancer came back and errors stopped) and every check passed, else 1.
     """
-    from lab import experiment as experiments  # imported here: this command is one self-contained block
-    from lab.experiment_report import render_experiment_report
+    from lab.experiment.plan import ExperimentPlan
 
     options = {"steps": steps, "batch": batch, "site": site, "how": how, "replica": replica,
-               "restore": restore, "times": times}  # fmt: skip
+               "restore": restore, "tag": tag, "times": times}  # fmt: skip
     # Validated before any Docker call: bad input touches nothing.
-    experiments.ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
-    engine = Engine.connect()
+    ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
+    from lab import report as reports
+    from lab import ui
+    from lab.experiment.run import run_experiment
+    from lab.experiment_report import render_experiment_report
+
+    engine = _connect()
     with ui.progress_bar(f"experiment {kind}", enabled=not as_json) as progress:
-        result = experiments.run_experiment(
+        result = run_experiment(
             engine, name, kind, rate=rate, duration=duration, options=options, progress=progress
         )
     if report:
@@ -471,11 +528,12 @@ def experiment(
 @name_option
 def watch(name: str) -> None:
     """Full screen, live: each replica's share against the expected, req/s, p95 and state, and the lab's events."""
-    from lab import watch as watcher  # imported here: this command is one self-contained block
+    from lab import orchestrator, ui
+    from lab import watch as watcher
     from lab.livefeed import following
 
-    engine = Engine.connect()
-    live.find_running(engine, name)
+    engine = _connect()
+    orchestrator.find_running(engine, name)
     # Ctrl-C is how one leaves: the screen is restored and the exit is clean.
     with following(engine, name) as feed, contextlib.suppress(KeyboardInterrupt):
         watcher.run(feed.state, ui.out)
@@ -494,11 +552,12 @@ def watch(name: str) -> None:
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 def dashboard(name: str, port: str, bind: str, open_browser: bool) -> None:  # fmt: skip
     """A live web page of the lab: tiles per replica, share chart, events, and demo controls."""
-    from lab.dashboard.server import run_dashboard  # imported here: this command is one self-contained block
+    from lab import ui
+    from lab.dashboard.server import run_dashboard
 
     port_number, address = parse_port(port), parse_bind(bind)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
-        run_dashboard(Engine.connect(), name, bind=address, port=port_number, open_browser=open_browser,
+        run_dashboard(_connect(), name, bind=address, port=port_number, open_browser=open_browser,
                       say=lambda line: ui.out.print(line, highlight=False, soft_wrap=True))  # fmt: skip
     ui.out.print("dashboard stopped")
 
@@ -507,9 +566,13 @@ def dashboard(name: str, port: str, bind: str, open_browser: bool) -> None:  # f
 @click.option("--pull", is_flag=True, help="Try to pull the official images first (needs a registry).")
 def images(pull: bool) -> None:
     """Make sure the httpd and nginx base images (official ones, or built offline) and the reaper image exist."""
-    engine = Engine.connect()
+    from lab import reaper as reapers
+    from lab import ui
+    from lab.images import ensure_base_images
+
+    engine = _connect()
     with ui.progress_bar("base images") as progress:
-        base = ensure_base_images(engine.client, pull=pull, progress=progress)
+        base = ensure_base_images(engine, pull=pull, progress=progress)
         reaper_image = reapers.ensure_image(engine, progress)
     kind = "offline stand-ins built from Debian packages" if base.offline else "official images"
     ui.out.print(f"httpd: {base.httpd}\nnginx: {base.nginx}\n({kind})\nreaper: {reaper_image}")
@@ -533,10 +596,11 @@ def registry_up(port: str, registry_name: str) -> None:
     """Start the registry (its images survive `down` and `up` on a named volume)."""
     from lab import nodes as desk_nodes
     from lab import registry as registries
+    from lab import ui
 
     registries.RegistryNames.of(registry_name)  # bad input touches nothing
     parse_port(port)
-    engine = Engine.connect()
+    engine = _connect()
     with ui.progress_bar(f"registry {registry_name}") as progress:
         found = registries.up(engine, registry_name, port, progress)
         wired = desk_nodes.wire_registries(engine)
@@ -551,9 +615,10 @@ def registry_up(port: str, registry_name: str) -> None:
 def registry_down(purge: bool, registry_name: str) -> None:
     """Remove the registry; its volume (the images) stays unless --purge."""
     from lab import registry as registries
+    from lab import ui
 
     registries.RegistryNames.of(registry_name)
-    removed = registries.down(Engine.connect(), registry_name, purge=purge)
+    removed = registries.down(_connect(), registry_name, purge=purge)
     if removed.nothing:
         ui.out.print(f"nothing to remove: there is no registry named {registry_name!r}")
         return
@@ -567,9 +632,10 @@ def registry_down(purge: bool, registry_name: str) -> None:
 def registry_status(registry_name: str, as_json: bool) -> None:
     """Show whether the registry runs, where, and the repositories and tags it holds."""
     from lab import registry as registries
+    from lab import ui
 
     registries.RegistryNames.of(registry_name)
-    found = registries.status(Engine.connect(), registry_name)
+    found = registries.status(_connect(), registry_name)
     if as_json:
         ui.print_json(found.as_dict())
     elif found.repositories:
@@ -586,11 +652,12 @@ def registry_status(registry_name: str, as_json: bool) -> None:
 def push(name: str, tag: str | None, registry_name: str, as_json: bool) -> None:
     """Push the lab's site image to the local registry."""
     from lab import registry as registries
+    from lab import ui
 
     if tag is not None:
         registries.parse_tag(tag)  # bad input touches nothing
     registries.RegistryNames.of(registry_name)
-    engine = Engine.connect()
+    engine = _connect()
     with ui.progress_bar(f"push {name}", enabled=not as_json) as progress:
         pushed = registries.push_site(engine, name, tag=tag, registry=registry_name, progress=progress)
     if as_json:
@@ -613,9 +680,10 @@ def nodes_group() -> None:
 def nodes_add(count: str, init: bool) -> None:
     """Start COUNT nodes and join them to this engine's swarm as workers."""
     from lab import nodes as desk_nodes
+    from lab import ui
 
     desk_nodes.parse_count(count)  # bad input touches nothing
-    engine = Engine.connect()
+    engine = _connect()
     with ui.progress_bar("nodes add") as progress:
         added = desk_nodes.add(engine, count, init=init, progress=progress)
     if added.manager.initialised:
@@ -629,8 +697,9 @@ def nodes_add(count: str, init: bool) -> None:
 def nodes_ls(as_json: bool) -> None:
     """List the nodes: container state, address, and the manager's view."""
     from lab import nodes as desk_nodes
+    from lab import ui
 
-    found = desk_nodes.ls(Engine.connect())
+    found = desk_nodes.ls(_connect())
     if as_json:
         ui.print_json([n.as_dict() for n in found])
     else:
@@ -643,10 +712,11 @@ def nodes_ls(as_json: bool) -> None:
 def nodes_rm(node: str | None, everything: bool) -> None:
     """Remove NODE, or every node with --all; the last removal leaves the engine as the lab found it."""
     from lab import nodes as desk_nodes
+    from lab import ui
 
     if bool(node) == everything:
         raise InvalidInput("give one NODE or --all")
-    engine = Engine.connect()
+    engine = _connect()
     removed = desk_nodes.rm_all(engine) if everything else desk_nodes.rm(engine, str(node))
     if removed.nodes or removed.stale_entries:
         stale = f" and {removed.stale_entries} stale swarm entries" if removed.stale_entries else ""
@@ -669,21 +739,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.Abort:
-        ui.error("interrupted")
+        _error("interrupted")
         return ExitCode.INTERRUPTED
     except click.UsageError as exc:
-        ui.error(exc.format_message().replace("\n", " "))
+        _error(exc.format_message().replace("\n", " "))
         return ExitCode.USAGE
     except KeyboardInterrupt:
-        ui.error("interrupted; what had been started was removed again")
+        _error("interrupted; what had been started was removed again")
         return ExitCode.INTERRUPTED
     except LabError as exc:
-        ui.error(exc.message, exc.detail)
+        _error(exc.message, exc.detail)
         return exc.exit_code
-    except ENGINE_REFUSALS as exc:
-        ui.error(refusal_message(exc))
-        return ExitCode.FAILED
     return code if isinstance(code, int) else ExitCode.OK
+
+
+def _error(message: str, detail: str = "") -> None:
+    from lab import ui
+
+    ui.error(message, detail)
 
 
 def entry() -> None:

@@ -9,22 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import labels, orchestrator
-from lab.docker_ops import ContainerRequest, Engine
+from lab import labels
+from lab.engine import ContainerEngine as Engine
 from lab.images import BaseImages, ensure_base_images
+from lab.loadbalancer import NGINX_CONF, LoadBalancer, lb_request, render
 from lab.progress import ProgressFn, quiet
-from lab.render import (
-    ComposeNetwork,
-    ComposeService,
-    ComposeView,
-    nginx_view,
-    render_compose,
-    render_nginx_conf,
-)
+from lab.render import ComposeNetwork, ComposeService, ComposeView, render_compose
+from lab.replicas import SiteImage, replica_request
 from lab.site import site_dockerfile, site_image_tag, site_version
 from lab.spec import DEFAULT_SITE, LabSpec
 
-# The probe `lab status` runs inside each container (lab/orchestrator.py), made to fail unless the answer
+# The probe `lab status` runs inside each container (lab/replicas.py), made to fail unless the answer
 # is 2xx or 3xx. Through the load balancer, `/` is answered only once a replica is reachable.
 HEALTH_PROBE = (
     "exec 3<>/dev/tcp/127.0.0.1/80 && "
@@ -65,18 +60,9 @@ def compose_view(
     """Decide what the Compose file says (pure: images and version already resolved)."""
     image = site_image_tag(version)
     # Compose creates the networks itself, under the names `lab up` gives when they are free.
-    replicas = [
-        orchestrator.replica_request(spec, i, image, version, spec.backend_network) for i in spec.indices()
-    ]
-    lb = ContainerRequest(
-        name=spec.lb_name,
-        image=base.nginx,
-        labels=labels.for_lab(spec.name, labels.ROLE_LB, spec=orchestrator.spec_label(spec)),
-        network=spec.frontend_network,
-        ports={"80/tcp": (spec.bind, spec.port)},
-        cap_add=orchestrator.NGINX_CAPS,
-        restart="unless-stopped",
-    )
+    site_image = SiteImage(image, version)
+    replicas = [replica_request(spec, i, i, site_image, spec.backend_network) for i in spec.indices()]
+    lb = lb_request(spec, base.nginx, spec.frontend_network)
     replica_services = tuple(
         ComposeService(
             service=f"web-{i}",
@@ -105,7 +91,7 @@ def compose_view(
         healthcheck=HEALTH_PROBE,
         depends_on=tuple(s.service for s in replica_services),
         ports=((spec.bind, spec.port, 80),),
-        volumes=(f"./{conf_file}:{orchestrator.NGINX_CONF}:ro",),
+        volumes=(f"./{conf_file}:{NGINX_CONF}:ro",),
         restart=lb.restart,
     )
     return ComposeView(
@@ -133,10 +119,10 @@ def write_compose(engine: Engine, spec: LabSpec, output: Path, progress: Progres
 
     Nothing else is created: Compose builds the site image when it is missing.
     """
-    base = ensure_base_images(engine.client, progress=progress)
+    base = ensure_base_images(engine, progress=progress)
     version = site_version(spec.site, engine.image_id(base.httpd))
-    config = render_nginx_conf(nginx_view(spec))  # names the replicas by their container names
-    orchestrator.check_nginx_config(engine, spec, base.nginx, config)
+    config = render(spec)[0]  # names the replicas by their container names
+    LoadBalancer.test_config(engine, spec, base.nginx, config)
     output = output.resolve()
     conf = nginx_conf_path(output, spec)
     view = compose_view(spec, base, version, conf_file=conf.name, command=command_line(spec, output))

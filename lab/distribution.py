@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from lab import nodes, registry
-from lab.docker_ops import Engine
+from lab.engine import ContainerInfo
 from lab.errors import RegistryError
 from lab.progress import ProgressFn, quiet
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def deliver(
     return Delivered(image, chosen, timings, time.monotonic() - began)
 
 
-def _pull(engine: Engine, container: Container, image: str) -> tuple[str, float]:
+def _pull(engine: Engine, container: ContainerInfo, image: str) -> tuple[str, float]:
     began = time.monotonic()
     code, output = engine.exec(container, ["docker", "pull", "--quiet", image])
     if code != 0:
@@ -63,7 +65,7 @@ def _pull(engine: Engine, container: Container, image: str) -> tuple[str, float]
     return container.name, time.monotonic() - began
 
 
-def _load(engine: Engine, container: Container, image: str) -> float:
+def _load(engine: Engine, container: ContainerInfo, image: str) -> float:
     began = time.monotonic()
     code, output = engine.save_image_into(container, image, ["docker", "load", "--quiet"])
     if code != 0:

@@ -40,6 +40,10 @@ class EngineUnavailable(LabError):
     exit_code = ExitCode.NO_ENGINE
 
 
+class EngineRefused(LabError):
+    """The Docker engine refused a request; the message is the engine's own reason, on one line."""
+
+
 class BuildFailed(LabError):
     """An image did not build; `detail` holds the tail of the build log."""
 
@@ -54,12 +58,6 @@ class NameInUse(LabError):
 
 class NotReady(LabError):
     """Containers started but the lab did not come up in time."""
-
-
-class Interrupted(LabError):
-    """The user pressed Ctrl-C; what was started has been rolled back."""
-
-    exit_code = ExitCode.INTERRUPTED
 
 
 class RegistryError(LabError):

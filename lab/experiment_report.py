@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lab.charts import (
     BAR,
@@ -29,9 +30,11 @@ from lab.charts import (
     ticks,
     verdict_badge,
 )
-from lab.experiment import Check, ExperimentResult
 from lab.render import render_html
-from lab.traffic import Second
+from lab.results import Check, ExperimentResult
+
+if TYPE_CHECKING:
+    from lab.traffic import Second
 
 OK_COLOUR = BAR
 ERROR_COLOUR = "#c62828"

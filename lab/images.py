@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -14,13 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING
 
 from lab import labels
-from lab.errors import BuildFailed
+from lab.errors import BuildFailed, LabError
 from lab.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from lab.engine import ImageEngine as Engine
 
 OFFICIAL_HTTPD = "httpd:2.4"
 OFFICIAL_NGINX = "nginx:latest"
@@ -109,8 +109,6 @@ STAGES: tuple[tuple[str, str, float], ...] = (
     ("success in", "bootstrapped", 1.0),
 )
 
-_STEP = re.compile(r"^Step (\d+)/(\d+) :")
-
 
 def parse_stage(line: str) -> tuple[str, float] | None:
     """The (description, fraction) an mmdebstrap stderr line announces, or None."""
@@ -121,15 +119,6 @@ def parse_stage(line: str) -> tuple[str, float] | None:
         if marker in text:
             return description, fraction
     return None
-
-
-def parse_build_step(line: str) -> float | None:
-    """The fraction of a classic docker build done when it prints `Step n/m :`, or None."""
-    match = _STEP.match(line)
-    if match is None:
-        return None
-    step, total = int(match.group(1)), int(match.group(2))
-    return (step - 1) / total if total else None
 
 
 def _normalize(tag: str) -> str:
@@ -161,46 +150,46 @@ def _pick(official: str | None, standin: StandIn, local: set[str]) -> Choice:
 
 
 def ensure_base_images(
-    client: docker.DockerClient, *, pull: bool = False, progress: ProgressFn | None = None
+    engine: Engine, *, pull: bool = False, progress: ProgressFn | None = None
 ) -> BaseImages:
     """Make sure an httpd and an nginx base image exist locally, and say which ones to use."""
     report = progress or (lambda _step, _fraction: None)
-    tags = _local_tags(client)
+    tags = _local_tags(engine)
     if pull:
-        tags |= _try_pulls(client, tags, report)
+        tags |= _try_pulls(engine, tags, report)
     httpd, nginx = choose(tags)
     wanted = [c.build for c in (httpd, nginx) if c.build is not None]
     if wanted:
-        _build_all(client, wanted, tags, report)
+        _build_all(engine, wanted, tags, report)
     report("base images ready", 1.0)
     return BaseImages(httpd=httpd.ref, nginx=nginx.ref, offline=httpd.offline or nginx.offline)
 
 
 def ensure_standins(
-    client: docker.DockerClient, standins: Iterable[StandIn], *, progress: ProgressFn | None = None
+    engine: Engine, standins: Iterable[StandIn], *, progress: ProgressFn | None = None
 ) -> list[str]:
     """Build whichever of `standins` (other images built the same way: registry, node) are missing.
 
     Returns the tags it built (none when all existed).
     """
     report = progress or (lambda _step, _fraction: None)
-    tags = _local_tags(client)
+    tags = _local_tags(engine)
     wanted = [s for s in standins if s.tag not in tags]
     if wanted:
-        _build_all(client, wanted, tags, report)
+        _build_all(engine, wanted, tags, report)
     report("images ready", 1.0)
     return [s.tag for s in wanted]
 
 
-def _local_tags(client: docker.DockerClient) -> set[str]:
+def _local_tags(engine: Engine) -> set[str]:
     try:
-        listed = client.api.images()
-    except docker.errors.DockerException as e:
-        raise BuildFailed(f"cannot list the engine's images: {e}") from e
-    return {_normalize(tag) for image in listed for tag in image.get("RepoTags") or ()}
+        listed = engine.image_tags()
+    except LabError as e:
+        raise BuildFailed(f"cannot list the engine's images: {e.message}") from e
+    return {_normalize(tag) for tag in listed}
 
 
-def _try_pulls(client: docker.DockerClient, tags: set[str], report: ProgressFn) -> set[str]:
+def _try_pulls(engine: Engine, tags: set[str], report: ProgressFn) -> set[str]:
     """Pull the official images that are missing; a registry that does not answer is no error."""
     pulled: set[str] = set()
     for ref, present in ((OFFICIAL_HTTPD, OFFICIAL_HTTPD in tags), (OFFICIAL_NGINX, official_nginx(tags))):
@@ -209,8 +198,8 @@ def _try_pulls(client: docker.DockerClient, tags: set[str], report: ProgressFn) 
         report(f"pulling {ref}", None)
         repository, tag = ref.split(":")
         try:
-            client.images.pull(repository, tag=tag)
-        except docker.errors.DockerException:
+            engine.pull_image(repository, tag)
+        except LabError:
             continue  # offline: the stand-in is built instead
         pulled.add(ref)
     return pulled
@@ -231,9 +220,7 @@ class _Tracker:
             self._report(f"{name}: {step}", overall)
 
 
-def _build_all(
-    client: docker.DockerClient, wanted: list[StandIn], tags: set[str], report: ProgressFn
-) -> None:
+def _build_all(engine: Engine, wanted: list[StandIn], tags: set[str], report: ProgressFn) -> None:
     if shutil.which("mmdebstrap") is None and any(s.rootfs not in tags for s in wanted):
         raise BuildFailed(
             "cannot build the offline base images: mmdebstrap is not installed "
@@ -246,7 +233,7 @@ def _build_all(
     with tempfile.TemporaryDirectory(prefix="lab-base-", dir=_scratch_root()) as scratch:
         with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
             futures = [
-                pool.submit(_build_standin, client, s, s.rootfs in tags, Path(scratch), tracker)
+                pool.submit(_build_standin, engine, s, s.rootfs in tags, Path(scratch), tracker)
                 for s in wanted
             ]
         # Both builds run to the end: a finished one is kept even when the other failed.
@@ -254,10 +241,10 @@ def _build_all(
             future.result()
 
 
-def ensure_rootfs(client: docker.DockerClient, standin: StandIn, progress: ProgressFn | None = None) -> str:
+def ensure_rootfs(engine: Engine, standin: StandIn, progress: ProgressFn | None = None) -> str:
     """Bootstrap and import `standin`'s Debian root file system unless present; return its reference."""
     report = progress or (lambda _step, _fraction: None)
-    if standin.rootfs in _local_tags(client):
+    if standin.rootfs in _local_tags(engine):
         return standin.rootfs
     if shutil.which("mmdebstrap") is None:
         raise BuildFailed(
@@ -269,7 +256,7 @@ def ensure_rootfs(client: docker.DockerClient, standin: StandIn, progress: Progr
         tarball = Path(scratch) / f"{standin.name}.tar"
         version = _bootstrap(standin, tarball, tracker)
         tracker.update(standin.name, "importing the root file system", BOOTSTRAP_END)
-        _import(client, standin, tarball, version)
+        _import(engine, standin, tarball, version)
     tracker.update(standin.name, "done", 1.0)
     return standin.rootfs
 
@@ -284,7 +271,7 @@ def _scratch_root() -> str | None:
 
 
 def _build_standin(
-    client: docker.DockerClient, standin: StandIn, have_rootfs: bool, scratch: Path, tracker: _Tracker
+    engine: Engine, standin: StandIn, have_rootfs: bool, scratch: Path, tracker: _Tracker
 ) -> None:
     def phase(step: str, start: float, end: float) -> Callable[[float], None]:
         return lambda done: tracker.update(standin.name, step, start + (end - start) * done)
@@ -293,9 +280,9 @@ def _build_standin(
         tarball = scratch / f"{standin.name}.tar"
         version = _bootstrap(standin, tarball, tracker)
         phase("importing the root file system", BOOTSTRAP_END, IMPORT_END)(0.0)
-        _import(client, standin, tarball, version)
+        _import(engine, standin, tarball, version)
         tarball.unlink()
-    _build(client, standin, phase("building the image", IMPORT_END, 1.0))
+    _build(engine, standin, phase("building the image", IMPORT_END, 1.0))
     tracker.update(standin.name, "done", 1.0)
 
 
@@ -356,7 +343,7 @@ def _lines(stream: Iterable[str]) -> Iterator[str]:
         yield line.rstrip("\n")
 
 
-def _import(client: docker.DockerClient, standin: StandIn, tarball: Path, version: str) -> None:
+def _import(engine: Engine, standin: StandIn, tarball: Path, version: str) -> None:
     repository, tag = standin.rootfs.rsplit(":", 1)
     image_labels = {
         labels.ROLE: ROLE_BASE_ROOTFS,
@@ -365,9 +352,9 @@ def _import(client: docker.DockerClient, standin: StandIn, tarball: Path, versio
     }
     changes = [f"LABEL {key}={shlex.quote(value)}" for key, value in image_labels.items() if value]
     try:
-        client.api.import_image(src=str(tarball), repository=repository, tag=tag, changes=changes)
-    except docker.errors.DockerException as e:
-        raise BuildFailed(f"cannot import the {standin.name} root file system: {e}") from e
+        engine.import_image(tarball, repository, tag, changes)
+    except LabError as e:
+        raise BuildFailed(f"cannot import the {standin.name} root file system: {e.message}") from e
 
 
 def image_labels(standin: StandIn, version: str) -> dict[str, str]:
@@ -385,32 +372,12 @@ def image_labels(standin: StandIn, version: str) -> dict[str, str]:
     return {key: value for key, value in found.items() if value}
 
 
-def _build(client: docker.DockerClient, standin: StandIn, advance: Callable[[float], None]) -> None:
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    try:
-        rootfs_labels = client.api.inspect_image(standin.rootfs)["Config"].get("Labels") or {}
-        version = rootfs_labels.get("org.opencontainers.image.version", "")
-        chunks = client.api.build(
-            path=str(standin.context),
-            tag=standin.tag,
-            buildargs={"ROOTFS": standin.rootfs},
-            labels=image_labels(standin, version),
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-        )
-        for chunk in chunks:
-            if "error" in chunk:
-                tail.append(str(chunk["error"]))
-                raise BuildFailed(
-                    f"the {standin.name} stand-in did not build: {str(chunk['error']).strip()}",
-                    detail="\n".join(tail),
-                )
-            for line in str(chunk.get("stream", "")).splitlines():
-                tail.append(line)
-                fraction = parse_build_step(line)
-                if fraction is not None:
-                    advance(fraction)
-    except docker.errors.DockerException as e:
-        raise BuildFailed(f"the {standin.name} stand-in did not build: {e}", detail="\n".join(tail)) from e
+def _build(engine: Engine, standin: StandIn, advance: Callable[[float], None]) -> None:
+    version = engine.image_labels(standin.rootfs).get("org.opencontainers.image.version", "")
+    engine.build_image(
+        standin.context,
+        standin.tag,
+        buildargs={"ROOTFS": standin.rootfs},
+        labels=image_labels(standin, version),
+        on_step=lambda fraction, _step: advance(fraction),
+    )

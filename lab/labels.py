@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
 
 PREFIX = "lab."
 NAME = "lab.name"
 ROLE = "lab.role"
-REPLICA = "lab.replica"
+REPLICA = "lab.replica"  # a replica's number, in its name: a new replica takes the next one
+SLOT = "lab.slot"  # its place in the lab (1..replicas): weights and the backup follow it
 SESSION = "lab.session"
 PID = "lab.pid"
 SPEC = "lab.spec"
@@ -78,9 +80,14 @@ def role_filter(role: str, **extra: str) -> dict[str, list[str]]:
     return {"label": wanted}
 
 
-def replica_index(found: dict[str, str]) -> int:
+def replica_index(found: Mapping[str, str]) -> int:
     """A replica's number (from 1) from its labels; 0 for anything that is not a replica."""
     return int(found.get(REPLICA, "0"))
+
+
+def replica_slot(found: Mapping[str, str]) -> int:
+    """A replica's slot from its labels (a replica made before slots existed: its number)."""
+    return int(found.get(SLOT) or found.get(REPLICA) or "0")
 
 
 def lab_filter(name: str, role: str | None = None) -> dict[str, list[str]]:

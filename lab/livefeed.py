@@ -15,12 +15,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from lab import labels
-from lab.docker_ops import Engine, Follow
+from lab.engine import ContainerInfo
 from lab.errors import LabError
 from lab.livestate import (
     LabEvent,
@@ -31,10 +29,15 @@ from lab.livestate import (
     config_generation,
     engine_event,
     upstream_hosts,
+    upstream_weights,
 )
-from lab.orchestrator import NGINX_CONF, current_spec
+from lab.loadbalancer import LoadBalancer
 from lab.render import BACKEND_PORT
+from lab.replicas import ContainerReplicas
 from lab.spec import LabSpec
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine, Follow
 
 REFRESH_EVERY_S = 5.0  # a snapshot at least this often, events or not
 SETTLE_S = 0.03  # a burst of events (a reload, a scale) becomes one snapshot
@@ -46,47 +49,60 @@ _REFRESHING_ACTIONS = frozenset(
 )  # fmt: skip
 
 
-def snapshot(engine: Engine, name: str) -> Membership:
+def backend_network(engine: Engine, name: str) -> str:
+    """The network lab `name`'s load balancer reaches its replicas on (found by label; the usual
+    name when there is no load balancer to ask)."""
+    lb = LoadBalancer.find(engine, name)
+    if lb is not None:
+        with contextlib.suppress(LabError):
+            return ContainerReplicas.find(engine, name, lb.container).network
+    return LabSpec(name=name).backend_network
+
+
+def snapshot(engine: Engine, name: str, backend: str | None = None) -> Membership:
     """What the lab is made of now, and what its load balancer's config says."""
     containers = engine.containers(labels.lab_filter(name))
     lb = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
-    backend = LabSpec(name=name).backend_network
-    replicas = tuple(_replica(c, backend) for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB)
+    network = backend or backend_network(engine, name)
+    replicas = tuple(
+        _replica(engine, c, network) for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB
+    )
     if lb is None:
         return Membership(lab=name, lb_status="missing", replicas=replicas)
+    balancer = LoadBalancer(engine, lb)
     spec: LabSpec | None
     try:
-        spec = current_spec(engine, lb)
+        spec = balancer.spec()
     except Exception:  # noqa: BLE001 - removed meanwhile, or no label: the next snapshot tells
         spec = None
     try:
-        config = engine.read_file(lb, NGINX_CONF)
+        config = balancer.config()
     except Exception:  # noqa: BLE001 - same
         config = ""
+    weights, backup = upstream_weights(config)
     return Membership(
         lab=name,
         lb_status=lb.status,
         method=spec.algorithm if spec else "",
-        weights=spec.weights if spec else (),
-        backup=spec.backup if spec else None,
+        weights=weights,
+        backup=backup,
         generation=config_generation(config),
         upstream=upstream_hosts(config),
         replicas=replicas,
     )
 
 
-def _replica(container: Container, backend: str) -> ReplicaInfo:
-    networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
-    ip = (networks.get(backend) or {}).get("IPAddress") or ""
-    state = container.attrs.get("State", {})
+def _replica(engine: Engine, container: ContainerInfo, backend: str) -> ReplicaInfo:
+    ip = container.address(backend)
+    stopped = container.status in ("exited", "dead")
     return ReplicaInfo(
         name=container.name,
         index=labels.replica_index(container.labels),
         status=container.status,
-        connected=backend in networks,
+        connected=container.on(backend),
         address=f"{ip}:{BACKEND_PORT}" if ip else None,
         version=container.labels.get(labels.SITE_VERSION, ""),
-        exit_code=state.get("ExitCode") if container.status in ("exited", "dead") else None,
+        exit_code=engine.state(container).exit_code if stopped else None,
     )
 
 
@@ -106,16 +122,18 @@ class LiveFeed:
         self._reload_execs: set[str] = set()
         self._cached: tuple[float, LiveState] | None = None
         self.errors = 0  # engine errors met while following (each one is retried)
+        self.backend = ""  # the network the replicas serve on (found at start)
 
     # Life cycle ---------------------------------------------------------------------------
     def start(self) -> LiveFeed:
         """Take the first snapshot (raises LabError if there is no such lab) and start following."""
-        first = snapshot(self.engine, self.name)
+        self.backend = backend_network(self.engine, self.name)
+        first = snapshot(self.engine, self.name, self.backend)
         if first.lb_status == "missing" and not first.replicas:
             raise LabError(f"there is no lab named {self.name!r}; start one with `lab up --name {self.name}`")
         with self._lock:
             self.model.update(first, self._clock())
-        backend = LabSpec(name=self.name).backend_network
+        backend = self.backend
         targets: list[tuple[str, Callable[[], None]]] = [
             ("log", self._follow_loop),
             ("containers", lambda: self._events_loop(labels.lab_filter(self.name) | {"type": ["container"]})),
@@ -179,7 +197,7 @@ class LiveFeed:
             self._streams.discard(stream)
         stream.close()
 
-    def _load_balancer(self) -> Container | None:
+    def _load_balancer(self) -> ContainerInfo | None:
         found = self.engine.containers(labels.lab_filter(self.name, labels.ROLE_LB))
         return found[0] if found else None
 
@@ -245,7 +263,7 @@ class LiveFeed:
                 return
             self._dirty.clear()
             try:
-                membership = snapshot(self.engine, self.name)
+                membership = snapshot(self.engine, self.name, self.backend)
             except Exception:  # noqa: BLE001 - try again at the next event or tick
                 self.errors += 1
                 continue

@@ -26,13 +26,26 @@ KINDS = ("scale", "deploy", "chaos", "configure", "reload", "lb", "action", "ver
 SETTLE_S = 0.3  # rate windows end this long before "now": the engine delivers lines a moment late
 EVENTS_KEPT = 200
 
-_SERVER_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9_.-]+):(\d+)\b", re.MULTILINE)
+_SERVER_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9_.-]+):(\d+)\b([^;\n]*);", re.MULTILINE)
+_WEIGHT = re.compile(r"\bweight=(\d+)")
 _GENERATION = re.compile(r"add_header\s+X-Lab-Config\s+(\S+)")
 
 
 def upstream_hosts(config: str) -> tuple[str, ...]:
     """The replica host names a rendered nginx.conf sends traffic to, in its order."""
     return tuple(match.group(1) for match in _SERVER_LINE.finditer(config))
+
+
+def upstream_weights(config: str) -> tuple[tuple[int, ...], int | None]:
+    """Each upstream server's weight, in order (() when all are 1), and the backup's position (from 1)."""
+    weights: list[int] = []
+    backup = None
+    for position, match in enumerate(_SERVER_LINE.finditer(config), start=1):
+        found = _WEIGHT.search(match.group(3))
+        weights.append(int(found.group(1)) if found else 1)
+        if re.search(r"\bbackup\b", match.group(3)):
+            backup = position
+    return (tuple(weights) if any(w != 1 for w in weights) else ()), backup
 
 
 def config_generation(config: str) -> str:
@@ -61,7 +74,7 @@ class Membership:
     lab: str
     lb_status: str  # running, restarting, exited, ... or "missing"
     method: str = ""
-    weights: tuple[int, ...] = ()
+    weights: tuple[int, ...] = ()  # per upstream position, as the config says (() when equal)
     backup: int | None = None  # position (from 1) in the upstream
     generation: str = ""
     upstream: tuple[str, ...] = ()  # replica names in nginx.conf, in order

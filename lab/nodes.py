@@ -11,18 +11,20 @@ import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any
-
-from docker.models.containers import Container
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lab import labels, registry, swarm
-from lab.docker_ops import Engine, NestedEngineRequest
+from lab.engine import ContainerInfo, NestedEngineRequest, SwarmNode
 from lab.errors import InvalidInput, SwarmError
 from lab.images import SUITE, StandIn, ensure_standins
 from lab.progress import ProgressFn, quiet
+from lab.results import NodeInfo
 from lab.spec import parse_int_in_range
-from lab.undo import undo_on_failure
+from lab.undo import Undo, undo_on_failure
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 NODE_IMAGE = StandIn(
     name="node",  # build context base/node: daemon.json and the registry forwarder
@@ -99,22 +101,6 @@ def forward_command(port: int, target: str) -> list[str]:
 
 # Results -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class NodeInfo:
-    """One node as `lab nodes ls` shows it: the container and the manager's view of it."""
-
-    name: str
-    container: str  # running, exited, ... or "absent" for a stale swarm entry
-    address: str
-    swarm: str  # ready, down, unknown, ... or "absent" (not in the swarm)
-    availability: str
-    node_id: str
-    engine: str
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Added:
     nodes: tuple[NodeInfo, ...]
     manager: swarm.Manager
@@ -129,46 +115,42 @@ class NodesRemoved:
 
 
 # Listing -----------------------------------------------------------------------------------------
-def node_containers(engine: Engine, prefix: str | None = None) -> list[Container]:
+def node_containers(engine: Engine, prefix: str | None = None) -> list[ContainerInfo]:
     extra = {"node_set": prefix} if prefix else {}
     return sorted(engine.containers(labels.role_filter(labels.ROLE_NODE, **extra)), key=lambda c: c.name)
 
 
-def _lab_swarm_nodes(engine: Engine) -> list[dict[str, Any]]:
+def _lab_swarm_nodes(engine: Engine) -> list[SwarmNode]:
     """The manager's entries of lab nodes (labelled at join), or none when this is no manager."""
     current = swarm.view(engine)
     if current.state != "active" or not current.manager:
         return []
-    return [n for n in engine.swarm_nodes() if labels.NODE_SET in ((n.get("Spec") or {}).get("Labels") or {})]
+    return [n for n in engine.swarm_nodes() if labels.NODE_SET in n.labels]
 
 
 def ls(engine: Engine) -> list[NodeInfo]:
     """Every lab node, and every swarm entry of a lab node whose container is gone (stale)."""
-    entries = {_hostname(n): n for n in _lab_swarm_nodes(engine)}
+    entries = {n.hostname: n for n in _lab_swarm_nodes(engine)}
     found = []
     for container in node_containers(engine):
         entry = entries.pop(container.name, None)
-        address = engine.container_address(container, swarm.DEFAULT_BRIDGE)
+        address = container.address(swarm.DEFAULT_BRIDGE)
         found.append(_info(container.name, container.status, address, entry))
     found += [_info(name, "absent", "", entry) for name, entry in sorted(entries.items())]
     return found
 
 
-def _hostname(entry: dict[str, Any]) -> str:
-    return str((entry.get("Description") or {}).get("Hostname") or "")
-
-
-def _info(name: str, state: str, address: str, entry: dict[str, Any] | None) -> NodeInfo:
+def _info(name: str, state: str, address: str, entry: SwarmNode | None) -> NodeInfo:
     if entry is None:
         return NodeInfo(name, state, address, "absent", "", "", "")
     return NodeInfo(
         name=name,
         container=state,
-        address=address or str((entry.get("Status") or {}).get("Addr") or ""),
-        swarm=str((entry.get("Status") or {}).get("State") or "unknown"),
-        availability=str((entry.get("Spec") or {}).get("Availability") or ""),
-        node_id=str(entry.get("ID") or ""),
-        engine=str(((entry.get("Description") or {}).get("Engine") or {}).get("EngineVersion") or ""),
+        address=address or entry.address,
+        swarm=entry.state,
+        availability=entry.availability,
+        node_id=entry.id,
+        engine=entry.engine_version,
     )
 
 
@@ -198,7 +180,7 @@ def add(
     with undo_on_failure() as undo:
         if manager.initialised:
             undo.push("leave the swarm", lambda: swarm.release_if_unused(engine))
-        ensure_standins(engine.client, [NODE_IMAGE], progress=progress)
+        ensure_standins(engine, [NODE_IMAGE], progress=progress)
         began = time.monotonic()
         names = [node_name(set_name, i) for i in free_indices((c.name for c in existing), set_name, wanted)]
         started = []
@@ -217,7 +199,7 @@ def add(
     return Added(nodes, manager, time.monotonic() - began)
 
 
-def _create_node(engine: Engine, name: str, set_name: str, network: str, undo: Any) -> Container:
+def _create_node(engine: Engine, name: str, set_name: str, network: str, undo: Undo) -> ContainerInfo:
     volume = volume_name(name)
     engine.create_volume(volume, labels.for_component(labels.ROLE_NODE_STORAGE, node_set=set_name))
     undo.push(f"remove volume {volume}", lambda: engine.remove_volume(volume))
@@ -235,17 +217,17 @@ def _create_node(engine: Engine, name: str, set_name: str, network: str, undo: A
     return container
 
 
-def _wait_engines(engine: Engine, containers: list[Container]) -> None:
-    def wait(container: Container) -> None:
+def _wait_engines(engine: Engine, containers: list[ContainerInfo]) -> None:
+    def wait(container: ContainerInfo) -> None:
         deadline = time.monotonic() + ENGINE_TIMEOUT
         while True:
             code, output = engine.exec(container, ["docker", "version", "--format", "{{.Server.Version}}"])
             if code == 0:
                 return
-            container.reload()
-            if container.status != "running" or time.monotonic() > deadline:
+            status = engine.state(container).status
+            if status != "running" or time.monotonic() > deadline:
                 raise SwarmError(
-                    f"the engine in node {container.name} did not start ({container.status})",
+                    f"the engine in node {container.name} did not start ({status})",
                     detail=engine.logs(container),
                 )
             time.sleep(0.2)
@@ -254,11 +236,12 @@ def _wait_engines(engine: Engine, containers: list[Container]) -> None:
         list(pool.map(wait, containers))
 
 
-def _join(engine: Engine, manager: swarm.Manager, containers: list[Container], set_name: str) -> None:
+def _join(engine: Engine, manager: swarm.Manager, containers: list[ContainerInfo], set_name: str) -> None:
     token = engine.worker_join_token()
     for container in containers:
-        advertise = engine.container_address(container, manager.network)
-        gateway = (container.attrs["NetworkSettings"]["Networks"].get(manager.network) or {}).get("Gateway")
+        endpoint = _fresh(engine, container).networks.get(manager.network)
+        advertise = endpoint.address if endpoint else ""
+        gateway = endpoint.gateway if endpoint else ""
         if gateway and gateway != manager.address:
             raise SwarmError(
                 f"node {container.name} sees the host at {gateway}, but the swarm advertises "
@@ -271,10 +254,9 @@ def _join(engine: Engine, manager: swarm.Manager, containers: list[Container], s
     waiting = {c.name for c in containers}
     while waiting:
         for entry in engine.swarm_nodes():
-            name = _hostname(entry)
-            if name in waiting and (entry.get("Status") or {}).get("State") == "ready":
-                engine.label_swarm_node(str(entry["ID"]), {labels.NODE_SET: set_name})
-                waiting.discard(name)
+            if entry.hostname in waiting and entry.state == "ready":
+                engine.label_swarm_node(entry.id, {labels.NODE_SET: set_name})
+                waiting.discard(entry.hostname)
         if waiting and time.monotonic() > deadline:
             raise SwarmError(f"the manager never saw {', '.join(sorted(waiting))} ready")
         if waiting:
@@ -282,7 +264,7 @@ def _join(engine: Engine, manager: swarm.Manager, containers: list[Container], s
 
 
 # The registry, as seen from the nodes --------------------------------------------------------
-def wire_registries(engine: Engine, containers: list[Container] | None = None) -> int:
+def wire_registries(engine: Engine, containers: list[ContainerInfo] | None = None) -> int:
     """Let nodes pull from every running lab registry at the same 127.0.0.1:PORT the host pushes to.
 
     Each node joins the registry's network and runs a forwarder from its own 127.0.0.1:PORT to the
@@ -292,11 +274,10 @@ def wire_registries(engine: Engine, containers: list[Container] | None = None) -
     nodes = containers if containers is not None else node_containers(engine)
     started = 0
     for names, port in registry.running_registries(engine):
-        for container in nodes:
-            container.reload()
+        for container in (_fresh(engine, c) for c in nodes):
             if container.status != "running":
                 continue
-            if names.network not in (container.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+            if not container.on(names.network):
                 engine.attach(names.network, container)
             code, output = engine.exec(container, forward_command(port, names.inner_address))
             if code != 0:
@@ -310,11 +291,11 @@ def rm(engine: Engine, name: str) -> NodesRemoved:
     """Remove one node: it leaves the swarm, stops gracefully, goes with its volume and swarm entry."""
     matches = [c for c in node_containers(engine) if c.name == name]
     if not matches:
-        stale = [n for n in _lab_swarm_nodes(engine) if _hostname(n) == name]
+        stale = [n for n in _lab_swarm_nodes(engine) if n.hostname == name]
         if not stale:
             raise InvalidInput(f"there is no node named {name!r}; `lab nodes ls` lists them")
         for entry in stale:
-            engine.remove_swarm_node(str(entry["ID"]))
+            engine.remove_swarm_node(entry.id)
         return NodesRemoved((), len(stale), _release_if_last(engine))
     _remove_node(engine, matches[0])
     return NodesRemoved((name,), 0, _release_if_last(engine))
@@ -329,9 +310,8 @@ def rm_all(engine: Engine, prefix: str | None = None) -> NodesRemoved:
             list(pool.map(lambda c: _remove_node(engine, c), targets))
     stale = 0
     for entry in _lab_swarm_nodes(engine):
-        node_set = ((entry.get("Spec") or {}).get("Labels") or {}).get(labels.NODE_SET)
-        if prefix is None or node_set == prefix:
-            stale += engine.remove_swarm_node(str(entry["ID"]))
+        if prefix is None or entry.labels.get(labels.NODE_SET) == prefix:
+            stale += engine.remove_swarm_node(entry.id)
     return NodesRemoved(tuple(c.name for c in targets), stale, _release_if_last(engine))
 
 
@@ -342,22 +322,26 @@ def _release_if_last(engine: Engine) -> swarm.Released | None:
     return swarm.release_if_unused(engine, lab_nodes_left=0)
 
 
-def _remove_node(engine: Engine, container: Container, *, graceful: bool = True) -> None:
+def _remove_node(engine: Engine, container: ContainerInfo, *, graceful: bool = True) -> None:
     name = container.name
-    container.reload()
-    if container.status == "running":
+    if engine.state(container).status == "running":
         engine.exec(container, ["docker", "swarm", "leave", "--force"])  # fails harmlessly if never joined
         if graceful:
             engine.stop(container, STOP_TIMEOUT)
     engine.remove_containers([container])
     engine.remove_volume(volume_name(name))
     for entry in _entries_named(engine, name):
-        engine.remove_swarm_node(str(entry["ID"]))
+        engine.remove_swarm_node(entry.id)
 
 
-def _entries_named(engine: Engine, name: str) -> list[dict[str, Any]]:
+def _fresh(engine: Engine, container: ContainerInfo) -> ContainerInfo:
+    """A new look at a node container (its addresses once it runs); as it was if it is gone."""
+    return engine.inspect(container) or container
+
+
+def _entries_named(engine: Engine, name: str) -> list[SwarmNode]:
     """The manager's entries for node `name`, labelled or not (a join may have failed half-way)."""
     current = swarm.view(engine)
     if current.state != "active" or not current.manager:
         return []
-    return [n for n in engine.swarm_nodes() if _hostname(n) == name and n.get("ID") != current.node_id]
+    return [n for n in engine.swarm_nodes() if n.hostname == name and n.id != current.node_id]

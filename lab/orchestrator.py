@@ -1,144 +1,108 @@
-"""The orchestrator: `up`, `down` and `status` of one lab, each a transaction on the engine."""
+"""The orchestrator: `up`, `down`, `status`, `scale` and `deploy` of one lab, each a transaction on the engine.
+
+It works against the engine interface (lab.engine) it is handed, a replica backend
+(lab.replicas: where and how the replicas run) and the lab's load balancer (lab.loadbalancer:
+the only writer of its config and stored spec).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
-
-import requests
-from docker.models.containers import Container
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 from lab import labels
 from lab import reaper as reapers
-from lab.docker_ops import ACTIVE_ENDPOINTS, ContainerRequest, Engine, Network
-from lab.errors import InvalidInput, LabError, NameInUse, NotReady
+from lab.engine import ContainerEngine, NetworkInfo
+from lab.errors import InvalidInput, LabError
 from lab.images import ensure_base_images
-from lab.progress import ProgressFn, quiet
-from lab.render import nginx_view, render_nginx_conf
-from lab.site import ensure_site_image
-from lab.spec import LabSpec, probe_host
+from lab.loadbalancer import LoadBalancer, render
+from lab.progress import EventFn, ProgressFn, Timings, as_progress, quiet
+from lab.replicas import ContainerReplicas, ReplicaBackend, SiteImage, create_network, probe_all
+from lab.results import LabStatus, Leftover, MemberStatus, Removed
+from lab.site import ensure_site_image, site_version
+from lab.spec import LabSpec, parse_int_in_range, parse_replicas, parse_site, parse_version_tag, resize_notes
 from lab.undo import sigint_ignored
 
-NGINX_CONF = "/etc/nginx/nginx.conf"
-SPEC_FILE = "/etc/nginx/lab-spec.json"
-HTTPD_READY = "resuming normal operations"  # httpd logs this once it listens
-# What each process needs once every capability is dropped: bind port 80 (engines that keep
-# ports below 1024 privileged), switch to an unprivileged user, and for nginx, hand its temp
-# directories to that user (the official image creates them at start).
-HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
-NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
-START_WORKERS = 16
 RUNNING_STATES = ("running", "restarting", "paused")
+ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 # Why a network of a lab stays behind when nothing of the lab is on it any more.
 STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
 
 
-@dataclass(frozen=True)
-class MemberStatus:
-    """One container of a lab, as `lab status` shows it."""
-
-    name: str
-    role: str
-    index: int
-    state: str
-    health: str
-    image: str
-    site_version: str
-
-
-@dataclass(frozen=True)
-class Leftover:
-    """Something of a lab that is still there, and why."""
-
-    kind: str  # "network" or "container"
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class LabStatus:
-    name: str
-    url: str
-    algorithm: str
-    load_balancer: MemberStatus | None
-    replicas: tuple[MemberStatus, ...]
-    networks: tuple[str, ...]  # every network labelled for the lab
-    stuck_networks: tuple[Leftover, ...] = ()  # those nothing of the lab is on, and why they stay
-    expires_at: float | None = None  # UNIX time a `--ttl` lab removes itself
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Removed:
-    containers: int
-    networks: int
-    volumes: int
-    left: tuple[Leftover, ...] = ()  # what could not be removed, and why
-    running: tuple[str, ...] = ()  # containers of the lab that still run
-
-    @property
-    def nothing(self) -> bool:
-        return not (self.containers or self.networks or self.volumes or self.left)
-
-
-@dataclass(frozen=True)
-class LabNetworks:
-    """The names of the networks one `up` created (fresh ones if the usual names were taken)."""
-
-    backend: str
-    frontend: str
-
-
 # Up -------------------------------------------------------------------------------------
 def up(
-    engine: Engine,
+    engine: ContainerEngine,
     spec: LabSpec,
     progress: ProgressFn = quiet,
     *,
     timeout: float = 60.0,
     ttl: int | None = None,
+    timings: Timings | None = None,
 ) -> LabStatus:
     """Build and start the lab; return once every replica has answered through the load balancer.
 
     With `ttl` (seconds), a reaper removes the lab that long after it came up. On any failure,
-    and on Ctrl-C, everything this call created is removed again.
+    and on Ctrl-C, everything this call created is removed again. `timings` records each phase.
     """
-    _refuse_if_present(engine, spec)
-    _refuse_if_port_taken(spec.bind, spec.port)
+    phase = (timings or Timings()).phase
+    with phase("checks"):
+        _refuse_if_present(engine, spec)
+        _refuse_if_port_taken(spec.bind, spec.port)
     if ttl is not None:
-        reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
-    base = ensure_base_images(engine.client, progress=progress)
-    image, version = ensure_site_image(engine, spec.site, base.httpd, progress)
-    config = render_nginx_conf(nginx_view(spec))
+        with phase("reaper image"):
+            reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
+    with phase("image check"):
+        base = ensure_base_images(engine, progress=progress)
+        ref, version = ensure_site_image(engine, spec.site, base.httpd, progress)
+    config = render(spec)[0]
     with rollback_on_failure(engine, spec.name):
-        networks = _create_networks(engine, spec)
-        with ThreadPoolExecutor(max_workers=1) as side:
-            # Testing the config and creating the load balancer need no replica, so they
-            # happen while the replicas start; if the config fails its test, the start stops.
-            # Leaving this block waits for the side task, so a rollback never races it.
-            prepared = side.submit(_prepare_load_balancer, engine, spec, networks, base.nginx, config)
-            requests_ = [replica_request(spec, i, image, version, networks.backend) for i in spec.indices()]
-            start_containers(engine, requests_, progress, beside=prepared)
+        with phase("networks"):
+            backend = ContainerReplicas.prepare(engine, spec)
+            frontend = create_network(
+                engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
+            )
+        with phase("replica start"), ThreadPoolExecutor(max_workers=1) as side:
+            # Testing the config and creating the load balancer need no replica, so they happen
+            # while the replicas start; if the config fails its test, the start stops. Leaving
+            # this block waits for the side task, so a rollback never races it.
+            def prepare() -> LoadBalancer:
+                with phase("nginx config test (beside the replicas)"):
+                    LoadBalancer.test_config(engine, spec, base.nginx, config)
+                with phase("load balancer create (beside the replicas)"):
+                    return LoadBalancer.create(
+                        engine,
+                        spec,
+                        [],
+                        image=base.nginx,
+                        frontend=frontend,
+                        backend=backend.network,
+                        config=config,
+                    )
+
+            prepared = side.submit(prepare)
+            members = backend.start(spec, SiteImage(ref, version), progress, beside=prepared)
             lb = prepared.result()
-        _start_load_balancer(engine, spec, lb, progress)
-        wait_served_by_all(engine, spec, lb, progress, deadline=time.monotonic() + timeout)
+        with phase("load balancer start"):
+            lb.start(spec, progress)
+        with phase("readiness"):
+            lb.wait_serving(spec, [m.name for m in members], progress, deadline=time.monotonic() + timeout)
         if ttl is not None:
             progress("starting the reaper that removes the lab when its time is up", None)
-            reapers.start_deadline_reaper(engine, spec.name, ttl)
+            with phase("reaper start"):
+                reapers.start_deadline_reaper(engine, spec.name, ttl)
     answered = "ok"  # each one has just answered through the load balancer
-    return status(engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]})
+    with phase("status"):
+        return status(
+            engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]}
+        )
 
 
-def _refuse_if_present(engine: Engine, spec: LabSpec) -> None:
+def _refuse_if_present(engine: ContainerEngine, spec: LabSpec) -> None:
     """Refuse a lab that runs; remove what a dead one left (an engine restart, a killed `lab`).
 
     A network the engine will not release is left alone: `up` names its own networks afresh.
@@ -174,273 +138,122 @@ def _refuse_if_port_taken(bind: str, port: int) -> None:
             raise InvalidInput(f"port {port} on {bind} {reason}; choose another with --port") from None
 
 
-def _create_networks(engine: Engine, spec: LabSpec) -> LabNetworks:
-    # Replicas live on an internal network: no route out, nothing published.
-    backend = _create_network(engine, spec.name, labels.ROLE_BACKEND_NET, spec.backend_network, internal=True)
-    frontend = _create_network(
-        engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
-    )
-    return LabNetworks(backend=backend, frontend=frontend)
+# A running lab -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunningLab:
+    """A lab whose load balancer is running: what it serves, and how its replicas run."""
+
+    spec: LabSpec
+    lb: LoadBalancer
+    backend: ReplicaBackend
+    replicas: list[str]  # names of the running replicas, by slot
+    slots: dict[str, int]  # replica name -> its slot
+
+    def weights(self, names: list[str]) -> list[int]:
+        """The weight each of `names` has now (its slot's)."""
+        return [self.spec.weight_of(self.slots.get(name, 0)) for name in names]
+
+    def backup_position(self, names: list[str]) -> int | None:
+        """Where (from 1) in `names` the backup replica is, if it is among them."""
+        if self.spec.backup is None:
+            return None
+        return next((i for i, n in enumerate(names, start=1) if self.slots.get(n) == self.spec.backup), None)
 
 
-def _create_network(engine: Engine, lab: str, role: str, name: str, *, internal: bool) -> str:
-    """Create the network under `name`, or under a fresh name if `name` is taken (by a network the
-    engine will not release, or by anyone else's); everything finds it by its labels."""
-    candidates = [name, *(f"{name}-{secrets.token_hex(3)}" for _ in range(3))]
-    for candidate in candidates:
-        try:
-            engine.create_network(candidate, labels.for_lab(lab, role), internal=internal)
-        except NameInUse:
-            continue
-        return candidate
-    raise LabError(
-        f"could not find a free name for the {role} network of lab {lab!r} (tried {name} and 3 more)"
-    )
+def backend_of(engine: ContainerEngine, name: str, lb: LoadBalancer) -> ReplicaBackend:
+    """How lab `name`'s replicas run (containers on this engine; a swarm service is next)."""
+    return ContainerReplicas.find(engine, name, lb.container)
 
 
-def lab_network(engine: Engine, name: str, role: str, lb: Container | None = None) -> str:
-    """The network of `role` (labels.ROLE_BACKEND_NET or ROLE_FRONTEND_NET) lab `name` serves on.
-
-    It is the labelled one its load balancer is on: a network the engine would not release may
-    carry the same labels, and nothing of the lab is on that one.
-    """
-    labelled = {n.name for n in engine.networks(labels.lab_filter(name, role))}
-    balancers = [lb] if lb is not None else engine.containers(labels.lab_filter(name, labels.ROLE_LB))
-    for container in balancers:
-        for network in container.attrs["NetworkSettings"]["Networks"]:
-            if network in labelled:
-                return str(network)
-    raise LabError(
-        f"lab {name!r} has no {role} network its load balancer is on; `lab down` and `lab up` again"
-    )
+def find_running(engine: ContainerEngine, name: str) -> RunningLab:
+    """The running lab `name`, or a one-line error saying why there is none."""
+    lb = LoadBalancer.find(engine, name)
+    if lb is None:
+        raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
+    if lb.container.status != "running":
+        raise LabError(f"the load balancer of lab {name!r} is {lb.container.status}, not running")
+    backend = backend_of(engine, name, lb)
+    replicas = backend.replicas()
+    running = [m.name for m in replicas if m.status == "running"]
+    return RunningLab(lb.spec(), lb, backend, running, {m.name: m.slot for m in replicas})
 
 
-def replica_request(spec: LabSpec, index: int, image: str, version: str, network: str) -> ContainerRequest:
-    """Replica `index` of `spec` on `network` (the lab's backend network)."""
-    name = spec.replica_name(index)
-    return ContainerRequest(
-        name=name,
-        hostname=name,  # the site reports its hostname as X-Served-By
-        image=image,
-        labels=labels.for_lab(spec.name, labels.ROLE_WEB, replica=str(index), site_version=version),
-        network=network,
-        cap_add=HTTPD_CAPS,
-    )
+# Scale and deploy ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scaled:
+    spec: LabSpec  # what the lab serves now
+    notes: tuple[str, ...] = ()  # what became of the weights and the backup
 
 
-class _Cancelled(Exception):
-    """A worker noticed that `up` is being rolled back."""
+def scale(engine: ContainerEngine, name: str, replicas: object, *, on_event: EventFn | None = None) -> Scaled:
+    """Add replicas (start, check, then add to the upstream) or remove them (take them out of the
+    upstream, let in-flight requests finish, then stop them gracefully). Never drops a request.
+    Weights and the backup follow the replicas' slots; new replicas get weight 1."""
+    n = parse_replicas(replicas)
+    lab = find_running(engine, name)
+    serving = lab.backend.members()
+    if not serving:
+        raise LabError(f"lab {name!r} has no serving replica to scale from; `lab chaos restore` first")
+    if n == len(serving):
+        _announce(on_event, f"already {n} replicas")
+        return Scaled(lab.spec)
+    spec = lab.spec.resized(n)
+    notes = tuple(resize_notes(lab.spec, spec))
+    for note in notes:
+        _announce(on_event, note)
+    lab.backend.scale(spec, lab.lb, on_event)
+    return Scaled(spec, notes)
 
 
-def start_containers(
-    engine: Engine,
-    requests_: list[ContainerRequest],
-    progress: ProgressFn,
+def deploy(
+    engine: ContainerEngine,
+    name: str,
     *,
-    beside: Future[object] | None = None,
-) -> list[Container]:
-    """Create and start containers in parallel; return once each has logged that it listens.
+    site: Path | str | None = None,
+    batch: object = 1,
+    tag: str | None = None,
+    on_event: EventFn | None = None,
+) -> str:
+    """Rolling update: replace `batch` replicas at a time with the new site version, each new one
+    answering before it joins the upstream and each old one drained before it stops. Every
+    replacement takes its predecessor's slot, so weights and the backup stay where they were.
 
-    If anything fails (a start here, or the task `beside` that runs next to them), or the user
-    interrupts, workers stop creating, those already started are killed, and this returns (by
-    raising) only once every engine call in flight has ended: the caller's rollback then finds,
-    by label, everything that was made, and never removes a network while a container is being
-    created on it.
+    If a new replica does not become healthy, the replicas already replaced go back to the
+    previous version and DeployFailed says so. Returns the new version.
     """
-    cancelled = threading.Event()
-    waiting: dict[str, Container] = {}  # started, and followed until they say they listen
-    done = 0
-    lock = threading.Lock()
-
-    def create_start_wait(req: ContainerRequest) -> Container:
-        nonlocal done
-        if cancelled.is_set():
-            raise _Cancelled
-        container = engine.create_container(req)
-        if cancelled.is_set():
-            raise _Cancelled  # the rollback removes it, by label
-        engine.start(container)
-        with lock:
-            waiting[container.name] = container
-        try:
-            if cancelled.is_set():
-                raise _Cancelled
-            listening = engine.wait_for_log(container, HTTPD_READY)
-        finally:
-            with lock:
-                waiting.pop(container.name, None)
-        if not listening and probe_http(engine, container) != "ok":
-            if cancelled.is_set():
-                raise _Cancelled
-            raise NotReady(f"replica {req.name} exited while starting", detail=engine.logs(container))
-        with lock:
-            done += 1
-            progress(f"{done}/{len(requests_)} replicas listening", done / len(requests_))
-        return container
-
-    progress(f"starting {len(requests_)} replicas", 0.0)
-    pool = ThreadPoolExecutor(max_workers=min(START_WORKERS, len(requests_)))
-    futures = [pool.submit(create_start_wait, req) for req in requests_]
-    watched: list[Future[object]] = [*futures, *([beside] if beside is not None else [])]
-    try:
-        finished, _ = wait(watched, return_when=FIRST_EXCEPTION)
-        errors = [f.exception() for f in watched if f in finished]
-        first = next((error for error in errors if error is not None), None)
-        if first is not None:
-            raise first
-        return [future.result() for future in futures]
-    except BaseException:
-        cancelled.set()
-        with sigint_ignored():  # a second Ctrl-C must not leave calls running under the rollback
-            _drain(engine, futures, waiting, lock)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _drain(
-    engine: Engine, futures: list[Future[Container]], waiting: dict[str, Container], lock: threading.Lock
-) -> None:
-    """Cancel what has not begun and wait for the rest. A worker following the log of a container
-    that is starting ends once that container is stopped: it is taken off its network first, one
-    at a time (see remove_lab), then killed."""
-    for future in futures:
-        future.cancel()
-    stopped: set[str] = set()
-    pending = {f for f in futures if not f.done()}
-    while pending:
-        with lock:
-            to_stop = [c for name, c in waiting.items() if name not in stopped]
-        for container in to_stop:
-            engine.release_endpoints(container)
-            engine.kill([container])
-            stopped.add(container.name)
-        _, pending = wait(pending, timeout=0.2)
-
-
-def check_nginx_config(engine: Engine, spec: LabSpec, nginx_image: str, config: str) -> None:
-    """`nginx -t` the config in a throwaway container of the load balancer's image.
-
-    nginx resolves upstream host names while testing, so the replica names are mapped to a
-    placeholder address: the test then needs neither the network nor running replicas.
-    """
-    hosts = {name: "127.0.0.1" for name in spec.replica_names()}
-    req = ContainerRequest(
-        name=f"{spec.name}-config-check-{int(time.time() * 1000) % 100000}",
-        image=nginx_image,
-        labels=labels.for_lab(spec.name, labels.ROLE_CHECK),
-        network="",
-        network_disabled=True,
-        command=["nginx", "-t"],
-        extra_hosts=hosts,
-        cap_add=NGINX_CAPS,
+    site_dir = parse_site(site) if site is not None else None
+    version_name = parse_version_tag(tag) if tag is not None else None
+    lab = find_running(engine, name)
+    serving = lab.backend.members()
+    if not serving:
+        raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
+    size = parse_int_in_range(batch, "batch (replicas replaced at a time)", 1, len(serving))
+    spec = lab.spec.with_changes(site=site_dir or lab.spec.site)
+    previous = lab.backend.current_image()
+    base = ensure_base_images(engine)
+    if version_name is None:
+        content = site_version(spec.site, engine.image_id(base.httpd))
+        # With nothing changed, deploy still rolls out a new version (a rebuild), as asked.
+        version_name = (
+            content if content != previous.version else f"{content}.{time.strftime('%Y%m%d%H%M%S')}"
+        )
+    ref, version = ensure_site_image(
+        engine, spec.site, base.httpd, as_progress(on_event), version_name=version_name
     )
-    container = engine.create_container(req)
-    try:
-        engine.put_file(container, NGINX_CONF, config)
-        engine.start(container)
-        code = engine.wait_exit(container, timeout=30)
-        if code != 0:
-            raise LabError(
-                "the rendered nginx config failed `nginx -t`", detail=engine.logs(container, tail=20)
-            )
-    finally:
-        engine.remove_containers([container])
+    _announce(on_event, f"built version {version}; replacing {len(serving)} replicas, {size} at a time")
+    lab.backend.roll_out(lab.spec, spec, lab.lb, SiteImage(ref, version), size, on_event)
+    _announce(on_event, f"deployed version {version} to {len(serving)} replicas")
+    return version
 
 
-def _prepare_load_balancer(
-    engine: Engine, spec: LabSpec, networks: LabNetworks, image: str, config: str
-) -> Container:
-    """Test the config, then create (not start) the load balancer on both networks with it."""
-    check_nginx_config(engine, spec, image, config)
-    req = ContainerRequest(
-        name=spec.lb_name,
-        hostname=spec.lb_name,
-        image=image,
-        labels=labels.for_lab(spec.name, labels.ROLE_LB, spec=spec_label(spec)),
-        network=networks.frontend,
-        ports={"80/tcp": (spec.bind, spec.port)},
-        cap_add=NGINX_CAPS,
-        restart="unless-stopped",
-    )
-    container = engine.create_container(req)
-    engine.attach(networks.backend, container)
-    engine.put_file(container, NGINX_CONF, config)
-    engine.put_file(container, SPEC_FILE, spec_label(spec))
-    return container
-
-
-def _start_load_balancer(engine: Engine, spec: LabSpec, container: Container, progress: ProgressFn) -> None:
-    progress("starting the load balancer", None)
-    try:
-        engine.start(container)
-    except LabError as exc:
-        if "already allocated" in exc.message or "address already in use" in exc.message:
-            raise InvalidInput(
-                f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
-            ) from exc
-        raise
-
-
-def spec_label(spec: LabSpec) -> str:
-    """The spec as JSON: a label on the load balancer (as created) and a file in it (as now)."""
-    return json.dumps(spec.as_dict(), sort_keys=True)
-
-
-def current_spec(engine: Engine, lb: Container) -> LabSpec:
-    """The spec the load balancer serves now: its spec file, else the label it was created with."""
-    try:
-        return LabSpec.from_dict(json.loads(engine.read_file(lb, SPEC_FILE)))
-    except Exception:  # noqa: BLE001 - no file (or a stopped container): the creation label still tells
-        return LabSpec.from_dict(json.loads(lb.labels[labels.SPEC]))
-
-
-def wait_served_by_all(
-    engine: Engine, spec: LabSpec, lb: Container, progress: ProgressFn, *, deadline: float
-) -> None:
-    """Poll the load balancer on loopback until every replica has answered through it."""
-    wanted = set(spec.replica_names())
-    seen: set[str] = set()
-    last_problem = "no answer yet"
-    url = f"http://{probe_host(spec.bind)}:{spec.port}/"
-    max_requests = 50 + 20 * spec.replicas
-    with requests.Session() as session:
-        for _ in range(max_requests):
-            try:
-                response = session.get(url, timeout=2)
-                served_by = response.headers.get("X-Served-By", "")
-                if response.status_code == 200 and served_by in wanted:
-                    seen.add(served_by)
-                else:
-                    last_problem = f"HTTP {response.status_code} from {served_by or 'the load balancer'}"
-            except requests.RequestException as exc:
-                last_problem = type(exc).__name__
-                time.sleep(0.05)
-            progress(f"{len(seen)}/{len(wanted)} replicas answered through {url}", len(seen) / len(wanted))
-            if seen == wanted:
-                return
-            if time.monotonic() > deadline:
-                break
-            lb.reload()
-            # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
-            # not resolve the replicas' names for a few seconds (a busy engine, or one entering or
-            # leaving swarm mode). Wait for it until the deadline, sending nothing meanwhile.
-            while lb.status == "restarting" and time.monotonic() < deadline:
-                last_problem = "the load balancer keeps restarting"
-                time.sleep(0.25)
-                lb.reload()
-            if lb.status not in ("running", "created"):
-                break
-    missing = sorted(wanted - seen)
-    raise NotReady(
-        f"{len(missing)} replica(s) never answered through {url} ({last_problem}): {', '.join(missing[:5])}",
-        detail=engine.logs(lb),
-    )
+def _announce(on_event: EventFn | None, message: str) -> None:
+    if on_event is not None:
+        on_event(message)
 
 
 # Rollback and down -------------------------------------------------------------------------
 @contextlib.contextmanager
-def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
+def rollback_on_failure(engine: ContainerEngine, name: str) -> Iterator[None]:
     """Remove every resource of lab `name` if the block fails or is interrupted."""
     try:
         yield
@@ -452,7 +265,7 @@ def rollback_on_failure(engine: Engine, name: str) -> Iterator[None]:
         raise
 
 
-def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
+def remove_lab(engine: ContainerEngine, name: str, *, patience: float = 10.0) -> Removed:
     """Remove every container, network and volume labelled with lab `name`, as far as the engine lets.
 
     Containers go first, and networks only once the engine lists none of them any more. A network
@@ -488,7 +301,7 @@ def remove_lab(engine: Engine, name: str, *, patience: float = 10.0) -> Removed:
     return Removed(containers, networks, volumes, tuple(left), running)
 
 
-def _held_by(engine: Engine, on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
+def _held_by(engine: ContainerEngine, on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
     """Why a network cannot go yet because of what is on it ("" if nothing is). An endpoint of a
     container that no longer exists holds nothing: the removal then tells whether it is stuck."""
     others = sorted(name for cid, name in on_it.items() if cid not in ours and engine.container_exists(cid))
@@ -503,7 +316,7 @@ def _held_by(engine: Engine, on_it: dict[str, str], ours: set[str], kept: set[st
     return ""
 
 
-def down(engine: Engine, name: str) -> Removed:
+def down(engine: ContainerEngine, name: str) -> Removed:
     return remove_lab(engine, name)
 
 
@@ -521,7 +334,8 @@ def stuck_note(lab: str, stuck: tuple[Leftover, ...]) -> str:
 
 
 # Status ---------------------------------------------------------------------------------
-def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) -> LabStatus:
+# Status ---------------------------------------------------------------------------------
+def status(engine: ContainerEngine, name: str, *, known: dict[str, str] | None = None) -> LabStatus:
     """What runs for lab `name`; each running container is asked whether it answers HTTP,
     unless its health is already `known`."""
     containers = engine.containers(labels.lab_filter(name))
@@ -531,27 +345,39 @@ def status(engine: Engine, name: str, *, known: dict[str, str] | None = None) ->
         raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
     stuck = _stuck_networks(engine, found_networks, {c.id for c in containers})
     lb_container = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
-    web = sorted(
-        (c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB),
-        key=lambda c: labels.replica_index(c.labels),
-    )
-    spec = current_spec(engine, lb_container) if lb_container else None
+    lb = LoadBalancer(engine, lb_container) if lb_container else None
+    spec = lb.spec() if lb else None
     reaper = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_REAPER), None)
-    members = ([lb_container] if lb_container else []) + web
-    checks = known if known is not None else _probe_all(engine, members)
+    checks = known if known is not None else probe_all(engine, [lb_container] if lb_container else [])
+    backend = ContainerReplicas(engine, name, "")  # status lists replicas whatever network they are on
     return LabStatus(
         name=name,
         url=spec.url if spec else "",
         algorithm=spec.algorithm if spec else "",
-        load_balancer=_member(lb_container, checks) if lb_container else None,
-        replicas=tuple(_member(c, checks) for c in web),
+        load_balancer=_lb_status(lb, checks) if lb else None,
+        replicas=tuple(backend.status(known)),
         networks=networks,
         stuck_networks=stuck,
         expires_at=reapers.expires_at(reaper.labels) if reaper else None,
     )
 
 
-def _stuck_networks(engine: Engine, networks: list[Network], ours: set[str]) -> tuple[Leftover, ...]:
+def _lb_status(lb: LoadBalancer, checks: dict[str, str]) -> MemberStatus:
+    container = lb.container
+    return MemberStatus(
+        name=container.name,
+        role=labels.ROLE_LB,
+        index=0,
+        state=container.status,
+        health=checks.get(container.name, "-"),
+        image=container.image,
+        site_version="",
+    )
+
+
+def _stuck_networks(
+    engine: ContainerEngine, networks: list[NetworkInfo], ours: set[str]
+) -> tuple[Leftover, ...]:
     """Networks of the lab that nothing of the lab is on: `up` and `down` remove those, so one that
     stays is held by someone else's container, or the engine still counts an endpoint on it."""
     stuck = []
@@ -561,50 +387,3 @@ def _stuck_networks(engine: Engine, networks: list[Network], ours: set[str]) -> 
             continue
         stuck.append(Leftover("network", network.name, _held_by(engine, on_it, ours, set()) or STUCK))
     return tuple(sorted(stuck, key=lambda item: item.name))
-
-
-def _member(container: Container, checks: dict[str, str]) -> MemberStatus:
-    tags = container.image.tags if container.image else []
-    return MemberStatus(
-        name=container.name,
-        role=container.labels.get(labels.ROLE, ""),
-        index=labels.replica_index(container.labels),
-        state=container.status,
-        health=checks.get(container.name, "-"),
-        image=tags[0] if tags else container.attrs.get("Config", {}).get("Image", ""),
-        site_version=container.labels.get(labels.SITE_VERSION, ""),
-    )
-
-
-# Health probes run inside the container, so no traffic goes from the host to a container address.
-_PROBE = (
-    "exec 3<>/dev/tcp/127.0.0.1/80 && "
-    "printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
-    'IFS= read -r line <&3 && echo "$line"'
-)
-
-
-def probe_http(engine: Engine, container: Container, path: str = "/") -> str:
-    """`ok` if the container answers an HTTP GET on its own port 80 with 2xx/3xx, else why not."""
-    try:
-        code, output = engine.exec(container, ["bash", "-c", _PROBE.format(path=path)])
-    except Exception as exc:  # an exec into a dying container fails in several ways
-        return f"failing ({type(exc).__name__})"
-    status_line = output.strip().splitlines()[-1] if output.strip() else ""
-    parts = status_line.split()
-    if code == 0 and len(parts) >= 2 and parts[1][:1] in "23":
-        return "ok"
-    return f"failing ({status_line or 'no answer'})"
-
-
-def _probe_all(engine: Engine, containers: list[Container]) -> dict[str, str]:
-    running = [c for c in containers if c.status == "running"]
-    if not running:
-        return {}
-
-    def check(c: Container) -> tuple[str, str]:
-        path = "/lab/health" if c.labels.get(labels.ROLE) == labels.ROLE_LB else "/"
-        return c.name, probe_http(engine, c, path)
-
-    with ThreadPoolExecutor(max_workers=min(START_WORKERS, len(running))) as pool:
-        return dict(pool.map(check, running))

@@ -28,6 +28,8 @@ from lab import labels, orchestrator
 from lab import reaper as reapers
 from lab.docker_ops import Engine
 from lab.errors import EngineUnavailable, InvalidInput, LabError
+from lab.loadbalancer import LoadBalancer
+from lab.results import LabStatus
 from lab.spec import DEFAULT_REPLICAS, LabSpec, parse_replicas
 from lab.undo import sigint_ignored
 
@@ -87,7 +89,7 @@ class LabHandle:
         """The last `tail` log lines of each container, by container name."""
         return container_logs(self.engine, self.name, tail)
 
-    def status(self) -> orchestrator.LabStatus:
+    def status(self) -> LabStatus:
         return orchestrator.status(self.engine, self.name)
 
     def verify(self, requests: int = 1000, concurrency: int = 8, clients: int = 0) -> VerifyResult:
@@ -103,10 +105,8 @@ class LabHandle:
 
     def scale(self, replicas: int) -> None:
         """Add or remove replicas live; `.spec` and `.replicas` follow."""
-        from lab import live
-
-        self.spec = live.scale(self.engine, self.name, replicas)
-        self.replicas = live.find_running(self.engine, self.name).replicas
+        self.spec = orchestrator.scale(self.engine, self.name, replicas).spec
+        self.replicas = orchestrator.find_running(self.engine, self.name).replicas
 
     def kill(self, replica: int | str) -> None:
         """SIGKILL a replica (its number from 1, or its container name), as a crash would."""
@@ -148,12 +148,13 @@ def running_lab(
 
 # What a failing test's report shows ---------------------------------------------------------
 def nginx_conf(engine: Engine, name: str) -> str:
-    for container in engine.containers(labels.lab_filter(name, labels.ROLE_LB)):
-        try:
-            return engine.read_file(container, orchestrator.NGINX_CONF)
-        except Exception as exc:  # a dead container has no readable file; say so in the report
-            return f"(could not read: {exc})"
-    return "(no load balancer)"
+    lb = LoadBalancer.find(engine, name)
+    if lb is None:
+        return "(no load balancer)"
+    try:
+        return lb.config()
+    except Exception as exc:  # a dead container has no readable file; say so in the report
+        return f"(could not read: {exc})"
 
 
 def container_logs(engine: Engine, name: str, tail: int = 40) -> dict[str, str]:
@@ -161,7 +162,7 @@ def container_logs(engine: Engine, name: str, tail: int = 40) -> dict[str, str]:
     return {c.name: engine.logs(c, tail=tail) for c in containers}
 
 
-def status_text(status: orchestrator.LabStatus) -> str:
+def status_text(status: LabStatus) -> str:
     """`lab status` as a plain-text table."""
     rows = [("container", "role", "state", "health", "image")]
     members = ([status.load_balancer] if status.load_balancer else []) + list(status.replicas)

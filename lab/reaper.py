@@ -26,17 +26,20 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lab import images, labels
-from lab.docker_ops import ENGINE_REFUSALS, ContainerRequest, Engine, refusal_message
-from lab.errors import LabError
+from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest
+from lab.errors import EngineRefused, LabError
 from lab.progress import ProgressFn
 from lab.reaper_agent import READY
 from lab.spec import parse_int_in_range
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 AGENT = Path(__file__).with_name("reaper_agent.py")
 REPOSITORY = "lab/reaper"
@@ -68,13 +71,13 @@ def image_tag() -> str:
     return f"{REPOSITORY}:{digest.hexdigest()[:12]}"
 
 
-def ensure_image(engine: Engine, progress: ProgressFn | None = None) -> str:
+def ensure_image(engine: ContainerEngine, progress: ProgressFn | None = None) -> str:
     """Build the reaper image (Debian's python3 and the agent, offline) unless it exists."""
     tag = image_tag()
     if engine.image_exists(tag):
         return tag
     report = progress or (lambda _step, _fraction: None)
-    rootfs = images.ensure_rootfs(engine.client, images.PYTHON_ROOTFS, progress)
+    rootfs = images.ensure_rootfs(engine, images.PYTHON_ROOTFS, progress)
     report(f"building {tag}", None)
     with tempfile.TemporaryDirectory(prefix="lab-reaper-") as context:
         (Path(context) / "Dockerfile").write_text(DOCKERFILE)
@@ -209,10 +212,10 @@ def guard_session(
             if container is None:
                 continue  # another process of this session created it a moment ago
             _start(engine, container)
-        state = container.attrs.get("State", {})
-        if state.get("Restarting") or (state.get("Status") == "exited" and state.get("ExitCode")):
+        state = engine.state(container)
+        if state.status == "restarting" or (state.status == "exited" and state.exit_code):
             _fail(engine, container, "exited")
-        if state.get("Running"):
+        if state.status == "running":
             port = engine.published_port(container, f"{PORT}/tcp")
             sock = _greet(port, session) if port else None
             if sock is not None and port is not None:
@@ -222,14 +225,16 @@ def guard_session(
     raise ReaperFailed(f"the reaper {name} did not answer within {timeout:.0f} s")
 
 
-def _create(create: Callable[[ContainerRequest], Any], request: ContainerRequest) -> Any:
+def _create(
+    create: Callable[[ContainerRequest], ContainerInfo | None], request: ContainerRequest
+) -> ContainerInfo | None:
     try:
         return create(request)
-    except ENGINE_REFUSALS as exc:  # a missing socket path, say
-        raise ReaperFailed(f"the reaper could not be created: {refusal_message(exc)}") from exc
+    except EngineRefused as exc:  # a missing socket path, say
+        raise ReaperFailed(f"the reaper could not be created: {exc.message}") from exc
 
 
-def _start(engine: Engine, container: Any) -> None:
+def _start(engine: ContainerEngine, container: ContainerInfo) -> None:
     try:
         engine.start(container)
     except LabError as exc:
@@ -237,10 +242,9 @@ def _start(engine: Engine, container: Any) -> None:
         raise ReaperFailed(f"the reaper did not start: {exc.message}") from exc
     if not engine.wait_for_log(container, READY):
         _fail(engine, container, "exited while starting")
-    container.reload()
 
 
-def _fail(engine: Engine, container: Any, what: str) -> None:
+def _fail(engine: ContainerEngine, container: ContainerInfo, what: str) -> None:
     logs = engine.logs(container, tail=10)
     engine.remove_containers([container])
     last = next((line for line in reversed(logs.splitlines()) if line.strip()), "no output")
@@ -276,7 +280,7 @@ def _read_line(sock: socket.socket, limit: int = 512) -> str:
 
 
 # A lab's deadline ---------------------------------------------------------------------------
-def start_deadline_reaper(engine: Engine, lab: str, ttl: int) -> float:
+def start_deadline_reaper(engine: ContainerEngine, lab: str, ttl: int) -> float:
     """Start the reaper that removes lab `lab` in `ttl` seconds; return that UNIX time.
 
     It carries the lab's name, so `lab down` removes it with the lab.
@@ -294,11 +298,13 @@ def start_deadline_reaper(engine: Engine, lab: str, ttl: int) -> float:
         },
         publish=False,
     )
-    _start(engine, _create(engine.create_container, request))
+    container = _create(engine.create_container, request)
+    assert container is not None  # create_container always returns one
+    _start(engine, container)
     return expires
 
 
-def expires_at(found: dict[str, str]) -> float | None:
+def expires_at(found: Mapping[str, str]) -> float | None:
     """The UNIX time a reaper's labels say its lab goes, or None."""
     value = found.get(labels.EXPIRES, "")
     try:

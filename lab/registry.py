@@ -9,18 +9,22 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import requests
-from docker.models.containers import Container
 
 from lab import labels
-from lab.docker_ops import ContainerRequest, Engine
+from lab.engine import ContainerInfo, ContainerRequest
 from lab.errors import InvalidInput, LabError, RegistryError
 from lab.images import SUITE, StandIn, ensure_standins
 from lab.progress import ProgressFn, quiet
+from lab.results import REGISTRY_HOST, RegistryStatus
 from lab.site import SITE_REPOSITORY
 from lab.spec import parse_port
 from lab.undo import undo_on_failure
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 REGISTRY_IMAGE = StandIn(
     name="registry",  # build context base/registry: the lab's config.yml
@@ -34,7 +38,7 @@ DEFAULT_REGISTRY = "lab-registry"
 DEFAULT_REGISTRY_PORT = 5000
 LISTEN_PORT = 5000  # inside the container (config.yml: http.addr :5000)
 STORAGE = "/var/lib/docker-registry"  # config.yml: storage.filesystem.rootdirectory
-HOST = "127.0.0.1"  # the only address the registry is published on
+HOST = REGISTRY_HOST
 READY_TIMEOUT = 20.0
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -100,27 +104,6 @@ def port_taken(message: str) -> bool:
 
 # Results --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RegistryStatus:
-    name: str
-    state: str  # running, exited, ... or "absent"
-    port: int | None
-    volume: str
-    volume_exists: bool
-    repositories: dict[str, list[str]]  # repository -> tags (only while it runs)
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running" and self.port is not None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}" if self.port else ""
-
-    def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "url": self.url, "running": self.running}
-
-
-@dataclass(frozen=True)
 class RegistryRemoved:
     container: bool
     network: bool
@@ -148,18 +131,14 @@ class Pushed:
 
 
 # Up / down / status -----------------------------------------------------------------------------
-def find(engine: Engine, names: RegistryNames) -> Container | None:
+def find(engine: Engine, names: RegistryNames) -> ContainerInfo | None:
     found = engine.containers(labels.role_filter(labels.ROLE_REGISTRY, registry=names.name))
     return found[0] if found else None
 
 
-def published_port(container: Container) -> int | None:
-    """The host port the registry is published on (read from the container, running or not)."""
-    bindings = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
-    for binding in bindings.get(f"{LISTEN_PORT}/tcp") or ():
-        if binding.get("HostPort"):
-            return int(binding["HostPort"])
-    return None
+def published_port(engine: Engine, container: ContainerInfo) -> int | None:
+    """The host port the registry was asked to publish on (running or not)."""
+    return engine.published_port(container, f"{LISTEN_PORT}/tcp")
 
 
 def up(
@@ -177,7 +156,7 @@ def up(
     wanted_port = parse_port(port)
     existing = find(engine, names)
     if existing is not None and existing.status == "running":
-        running_port = published_port(existing)
+        running_port = published_port(engine, existing)
         if running_port != wanted_port:
             raise InvalidInput(
                 f"registry {names.name} already runs on {HOST}:{running_port}; "
@@ -185,7 +164,7 @@ def up(
             )
         progress(f"registry {names.name} already runs", 1.0)
         return status(engine, names.name)
-    ensure_standins(engine.client, [REGISTRY_IMAGE], progress=progress)
+    ensure_standins(engine, [REGISTRY_IMAGE], progress=progress)
     with undo_on_failure() as undo:
         if existing is not None:
             engine.remove_containers([existing])  # stopped or dead; the volume stays
@@ -231,15 +210,15 @@ def _request(names: RegistryNames, port: int) -> ContainerRequest:
     )
 
 
-def _wait_ready(engine: Engine, container: Container, port: int) -> None:
+def _wait_ready(engine: Engine, container: ContainerInfo, port: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if answers(port):
             return
-        container.reload()
-        if container.status not in ("running", "created", "restarting") or time.monotonic() > deadline:
+        state = engine.state(container).status
+        if state not in ("running", "created", "restarting") or time.monotonic() > deadline:
             raise RegistryError(
-                f"the registry did not answer on {HOST}:{port} (state {container.status})",
+                f"the registry did not answer on {HOST}:{port} (state {state})",
                 detail=engine.logs(container),
             )
         time.sleep(0.1)
@@ -258,7 +237,7 @@ def down(engine: Engine, name: object = DEFAULT_REGISTRY, *, purge: bool = False
     """Remove the registry container and its network; the volume (the images) only with `purge`."""
     names = RegistryNames.of(name)
     container = find(engine, names)
-    removed_container = bool(container) and engine.remove_containers([container]) > 0
+    removed_container = container is not None and engine.remove_containers([container]) > 0
     removed_network = _remove_network(engine, names.network)
     removed_volume = purge and engine.remove_volume(names.volume)
     return RegistryRemoved(removed_container, removed_network, removed_volume)
@@ -275,7 +254,7 @@ def _remove_network(engine: Engine, name: str) -> bool:
 def status(engine: Engine, name: object = DEFAULT_REGISTRY) -> RegistryStatus:
     names = RegistryNames.of(name)
     container = find(engine, names)
-    port = published_port(container) if container is not None else None
+    port = published_port(engine, container) if container is not None else None
     state = container.status if container is not None else "absent"
     repositories = catalog(port) if port is not None and state == "running" else {}
     return RegistryStatus(
@@ -305,7 +284,7 @@ def running_registries(engine: Engine) -> list[tuple[RegistryNames, int]]:
     """Every running lab registry with its published port (the nodes are wired to each)."""
     found = []
     for container in engine.containers(labels.role_filter(labels.ROLE_REGISTRY)):
-        port = published_port(container)
+        port = published_port(engine, container)
         name = container.labels.get(labels.REGISTRY, "")
         if container.status == "running" and port is not None and name:
             found.append((RegistryNames(name), port))
@@ -319,7 +298,7 @@ def lab_site_image(engine: Engine, lab: str) -> tuple[str, str]:
     if not replicas:
         raise LabError(f"there is no lab named {lab!r} to push from; start one with `lab up --name {lab}`")
     newest = max(replicas, key=lambda c: labels.replica_index(c.labels))
-    image = str(newest.attrs.get("Config", {}).get("Image") or "")
+    image = newest.image
     return image, newest.labels.get(labels.SITE_VERSION, "")
 
 
@@ -350,7 +329,7 @@ def push_image(
     """Push a local image to the running registry; refuse clearly, before touching anything, when it is down."""
     names = RegistryNames.of(registry)
     container = find(engine, names)
-    port = published_port(container) if container is not None else None
+    port = published_port(engine, container) if container is not None else None
     if container is None or container.status != "running" or port is None:
         raise RegistryError(
             f"the registry {names.name} is not running; start it with `lab registry up` and push again"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,17 +157,22 @@ def method_directive(spec: LabSpec) -> str:
     return f"{spec.algorithm};"
 
 
-def nginx_view(spec: LabSpec, replica_hosts: list[str] | None = None) -> NginxView:
-    """Decide what the config for `spec` says; `replica_hosts` defaults to all of the spec's replicas."""
-    hosts = replica_hosts if replica_hosts is not None else spec.replica_names()
-    weights = spec.weights or (1,) * len(hosts)
+def nginx_view(spec: LabSpec, servers: Sequence[tuple[str, int]] | None = None) -> NginxView:
+    """Decide what the config for `spec` says about `servers`: (host, slot) pairs in upstream
+    order, by default every slot of the spec under its first replica's name. Each server's weight
+    and backup flag are its slot's, so they follow a replica through scale and deploy."""
+    chosen = servers if servers is not None else [(spec.replica_name(i), i) for i in spec.indices()]
     comment = _METHOD_COMMENTS[spec.algorithm]
     if spec.algorithm == "hash":
         comment += f" (key {spec.hash_key}{', consistent hashing' if spec.consistent else ''})"
     backends = tuple(
-        Backend(index=i, host=host, port=BACKEND_PORT, weight=weight, backup=spec.backup == i)
-        for i, (host, weight) in enumerate(zip(hosts, weights, strict=True), start=1)
+        Backend(
+            index=slot, host=host, port=BACKEND_PORT, weight=spec.weight_of(slot), backup=spec.backup == slot
+        )
+        for host, slot in chosen
     )
+    if backends and all(b.backup for b in backends):  # nginx wants a server besides the backup
+        backends = tuple(replace(b, backup=False) for b in backends)
     longest = Backend(index=0, host=spec.replica_name(_LONGEST_INDEX), port=BACKEND_PORT)
     view = NginxView(
         lab=spec.name,

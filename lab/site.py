@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import labels
-from lab.docker_ops import Engine, build_fraction
 from lab.progress import ProgressFn
 from lab.spec import DEFAULT_SITE
+
+if TYPE_CHECKING:
+    from lab.engine import ImageEngine
 
 SITE_REPOSITORY = "lab/site"
 
@@ -35,7 +38,12 @@ def site_image_tag(version: str) -> str:
 
 
 def ensure_site_image(
-    engine: Engine, site: Path, httpd_image: str, progress: ProgressFn, *, version_name: str | None = None
+    engine: ImageEngine,
+    site: Path,
+    httpd_image: str,
+    progress: ProgressFn,
+    *,
+    version_name: str | None = None,
 ) -> tuple[str, str]:
     """Build the site on top of `httpd_image` unless that exact version exists; return (tag, version)."""
     version = version_name or site_version(site, engine.image_id(httpd_image))
@@ -44,11 +52,6 @@ def ensure_site_image(
         progress(f"site image {tag} is up to date", 1.0)
         return tag, version
     progress(f"building site image {tag}", 0.0)
-
-    def on_line(line: str) -> None:
-        fraction = build_fraction(line)
-        if fraction is not None:
-            progress(f"building site image {tag}: {line.split(':', 1)[0].strip()}", fraction)
 
     engine.build_image(
         site,
@@ -63,7 +66,7 @@ def ensure_site_image(
             "org.opencontainers.image.version": version,
             "org.opencontainers.image.base.name": httpd_image,
         },
-        on_line=on_line,
+        on_step=lambda fraction, step: progress(f"building site image {tag}: {step}", fraction),
     )
     progress(f"built site image {tag}", 1.0)
     return tag, version

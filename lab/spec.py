@@ -45,10 +45,10 @@ class LabSpec:
     bind: str = DEFAULT_BIND
     site: Path = DEFAULT_SITE
     algorithm: str = "round_robin"
-    weights: tuple[int, ...] = field(default=())
+    weights: tuple[int, ...] = field(default=())  # by replica slot (1..replicas); () means equal
     hash_key: str = DEFAULT_HASH_KEY
     consistent: bool = True
-    backup: int | None = None  # replica index (from 1) used only when all others are down
+    backup: int | None = None  # the replica slot (from 1) used only when all others are down
     max_fails: int = 1
     fail_timeout: int = 10  # seconds
 
@@ -111,8 +111,18 @@ class LabSpec:
         return LabSpec.create(**values, check_site=False)
 
     def resized(self, replicas: int) -> LabSpec:
-        """A copy for `replicas` replicas; weights and the backup name positions, so they go."""
-        return self.with_changes(replicas=replicas, weights=(), backup=None)
+        """A copy for `replicas` replicas. Weights and the backup follow replica slots: the slots
+        that stay keep theirs, new slots get weight 1, and a backup whose slot goes (or that
+        would be left alone) goes too. `resize_notes` says so in words."""
+        weights = self.weights[:replicas] + (1,) * (replicas - len(self.weights)) if self.weights else ()
+        backup = (
+            self.backup if self.backup is not None and self.backup <= replicas and replicas >= 2 else None
+        )
+        return self.with_changes(replicas=replicas, weights=weights, backup=backup)
+
+    def weight_of(self, slot: int) -> int:
+        """The weight of the replica in `slot` (from 1): 1 unless weights say otherwise."""
+        return self.weights[slot - 1] if self.weights and 1 <= slot <= len(self.weights) else 1
 
     def as_dict(self) -> dict[str, object]:
         """Plain values, for JSON and for `from_dict`."""
@@ -135,7 +145,9 @@ class LabSpec:
     def from_dict(cls, data: dict[str, object]) -> LabSpec:
         return cls.create(**{k: v for k, v in data.items() if k in _FIELDS}, check_site=False)
 
-    # Names of the resources this lab is made of.
+    # Names of the resources this lab is made of. A replica's number (in its name) grows: a new
+    # replica takes the next one. Its slot (1..replicas) is its place in the lab, which a deploy's
+    # replacement takes over, and which weights and the backup refer to.
     def replica_name(self, index: int) -> str:
         """The container (and host) name of replica `index`, counted from 1."""
         return f"{self.name}-web-{index}"
@@ -151,7 +163,7 @@ class LabSpec:
         return f"{self.name}-lb"
 
     # The names `lab up` gives its networks when they are free. A running lab's networks are found
-    # by label (lab.orchestrator.lab_network): a network the engine would not release keeps its name, and
+    # by label (lab.replicas.ContainerReplicas.find): a network the engine would not release keeps its name, and
     # the next `up` names its own networks afresh.
     @property
     def backend_network(self) -> str:
@@ -167,6 +179,24 @@ class LabSpec:
 
 
 _FIELDS = frozenset(LabSpec.__dataclass_fields__)
+
+
+def resize_notes(old: LabSpec, new: LabSpec) -> list[str]:
+    """What a change in the number of replicas did to the weights and the backup, in words."""
+    notes = []
+    if new.weights and new.replicas > old.replicas:
+        added = range(old.replicas + 1, new.replicas + 1)
+        which = f"replica {added[0]}" if len(added) == 1 else f"replicas {added[0]}-{added[-1]}"
+        notes.append(
+            f"new {which} {'gets' if len(added) == 1 else 'get'} weight 1 "
+            f"(weights now {','.join(map(str, new.weights))})"
+        )
+    elif new.weights and new.weights != old.weights:
+        notes.append(f"weights now {','.join(map(str, new.weights))}")
+    if old.backup is not None and new.backup is None:
+        why = "its slot is gone" if old.backup > new.replicas else "a backup needs another replica beside it"
+        notes.append(f"replica {old.backup} is no longer a backup: {why}")
+    return notes
 
 
 def probe_host(bind: str) -> str:
@@ -251,6 +281,19 @@ def parse_name(value: object) -> str:
         raise InvalidInput(
             "lab name must be 1-40 lowercase letters, digits or dashes, "
             f"starting with a letter or digit, not {text!r}"
+        )
+    return text
+
+
+_VERSION_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_version_tag(value: object) -> str:
+    """A site version name (`lab deploy --tag`): it names an image tag, so letters, digits and _.- only."""
+    text = str(value)
+    if not _VERSION_TAG.fullmatch(text):
+        raise InvalidInput(
+            f"tag must be 1-64 letters, digits or _.- starting with a letter or digit, not {text!r}"
         )
     return text
 

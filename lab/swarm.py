@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab import labels
-from lab.docker_ops import Engine
 from lab.errors import SwarmError
 from lab.progress import ProgressFn, quiet
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 SWARM_PORT = 2377
 DEFAULT_BRIDGE = "bridge"  # the engine's docker0: its gateway is the address the manager advertises
@@ -175,15 +177,11 @@ def _still_in_use(engine: Engine, current: SwarmView, lab_nodes_left: int) -> st
         return f"{lab_nodes_left} lab nodes still belong to it"
     services = engine.services()
     if services:
-        names = ", ".join(sorted(str(s.get("Spec", {}).get("Name", "?")) for s in services))
+        names = ", ".join(sorted(s.name or "?" for s in services))
         return f"{len(services)} services still run ({names})"
-    others = [
-        n
-        for n in engine.swarm_nodes()
-        if n.get("ID") != current.node_id and (n.get("Status") or {}).get("State") != "down"
-    ]
+    others = [n for n in engine.swarm_nodes() if n.id != current.node_id and n.state != "down"]
     if others:
-        names = ", ".join(sorted(str(n.get("Description", {}).get("Hostname", "?")) for n in others))
+        names = ", ".join(sorted(n.hostname or "?" for n in others))
         return f"other engines still belong to it ({names})"
     overlays = [
         n.name for n in engine.networks({"driver": ["overlay"], "scope": ["swarm"]}) if n.name != INGRESS

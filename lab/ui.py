@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,14 +13,8 @@ from rich.table import Table
 
 from lab.describe import describe
 from lab.errors import ExitCode
-from lab.experiment import ExperimentResult
-from lab.orchestrator import LabStatus, MemberStatus
 from lab.progress import ProgressFn
-from lab.results import VerifyResult
-
-if TYPE_CHECKING:  # views only read these values; the modules that make them touch Docker
-    from lab.nodes import NodeInfo
-    from lab.registry import RegistryStatus
+from lab.results import ExperimentResult, LabStatus, MemberStatus, NodeInfo, RegistryStatus, VerifyResult
 
 out = Console()
 err = Console(stderr=True)
@@ -93,7 +86,7 @@ def status_table(lab: LabStatus) -> Table:
         )
         table.add_row(
             m.name,
-            "load balancer" if m.role == "lb" else f"replica {m.index}",
+            "load balancer" if m.role == "lb" else _replica_role(m),
             f"[{style}]{m.state}[/]" if style else m.state,
             f"[{health_style}]{m.health}[/]",
             m.image,
@@ -102,6 +95,22 @@ def status_table(lab: LabStatus) -> Table:
     if lab.stuck_networks:
         table.caption = "\n".join(f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks)
         table.caption_justify = "left"
+    return table
+
+
+def _replica_role(m: MemberStatus) -> str:
+    """ "replica 4", and its slot when a deploy put it in another one's place (weights follow slots)."""
+    return f"replica {m.index}" + (f" (slot {m.slot})" if m.slot and m.slot != m.index else "")
+
+
+def timings_table(phases: Sequence[tuple[str, float]], total: float) -> Table:
+    """`lab up --timings`: each phase in the order it ended; phases "beside" others overlap them."""
+    table = Table(title="lab up: where the time went", title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for name, seconds in phases:
+        table.add_row(name, f"{seconds:.3f}")
+    table.add_row("[bold]total (since the command's imports began)[/]", f"[bold]{total:.3f}[/]")
     return table
 
 

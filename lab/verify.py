@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from lab import stats, traffic
-from lab.docker_ops import Engine
+from lab.engine import ContainerEngine as Engine
 from lab.errors import InvalidInput
-from lab.live import find_running
+from lab.orchestrator import find_running
 from lab.progress import ProgressFn
 from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
 from lab.spec import MAX_REPLICAS, parse_algorithm, parse_int_in_range, parse_weight_list
@@ -92,8 +92,8 @@ def lab_target(engine: Engine, name: str) -> Target:
         lab=name,
         url=spec.url,
         method=spec.algorithm,
-        weights=spec.weights,
-        backup=spec.backup,
+        weights=tuple(lab.weights(lab.replicas)) if spec.weights else (),
+        backup=lab.backup_position(lab.replicas),
         replicas=lab.replicas,
         hash_key=spec.hash_key,
     )
@@ -240,7 +240,7 @@ def verify(
     reader = access_log
     if reader is None and engine is not None and target.lab:
         lab_engine, lab_name = engine, target.lab
-        reader = lambda since: lab_engine.log_lines(find_running(lab_engine, lab_name).lb, since=since)  # noqa: E731
+        reader = lambda since: find_running(lab_engine, lab_name).lb.log_lines(since)  # noqa: E731
     log_check = (
         cross_check_access_log(reader, run_id, started, tally)
         if reader is not None

@@ -1,7 +1,7 @@
 """The dashboard's controls: validated like CLI input, carried out by the CLI's own functions.
 
 `parse_action` turns a JSON body into an `Action` or raises InvalidInput before anything is
-touched; `Runner` carries out one action at a time with `live.scale`, `chaos.break_replica`,
+touched; `Runner` carries out one action at a time with `orchestrator.scale`, `chaos.break_replica`,
 `chaos.restore`, `live.configure` and `verify.verify`, telling the event log as it goes.
 """
 
@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from lab import chaos, live
+from lab import chaos, live, orchestrator
 from lab import verify as verifier
-from lab.docker_ops import Engine
+from lab.engine import ContainerEngine as Engine
 from lab.errors import InvalidInput, LabError
 from lab.spec import parse_algorithm, parse_int_in_range, parse_replicas
 
@@ -113,8 +113,8 @@ class Runner:
         engine, name = self.engine, self.name
         if action.kind == "scale":
             self.note("action", f"scale to {action.replicas} (from the dashboard)")
-            spec = live.scale(engine, name, action.replicas, on_event=self._teller("scale"))
-            return {"replicas": spec.replicas}
+            scaled = orchestrator.scale(engine, name, action.replicas, on_event=self._teller("scale"))
+            return {"replicas": scaled.spec.replicas}
         if action.kind == "kill":
             self.note("action", f"kill replica {action.replica} (from the dashboard)")
             chaos.break_replica(engine, name, str(action.replica), "kill", on_event=self._teller("chaos"))

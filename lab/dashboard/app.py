@@ -26,8 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lab.dashboard.actions import ACTIONS, Busy
 from lab.dashboard.security import TOKEN_HEADER, host_allowed, origin_allowed, token_ok
-from lab.docker_ops import ENGINE_REFUSALS, refusal_message
-from lab.errors import InvalidInput, LabError
+from lab.errors import EngineRefused, InvalidInput, LabError
 from lab.livestate import LiveState
 from lab.render import render_html
 from lab.spec import ALGORITHMS
@@ -135,10 +134,10 @@ def create_app(
             return _error(400, exc.message, exc.detail)
         except Busy as exc:
             return _error(409, exc.message)
+        except EngineRefused as exc:
+            return _error(502, exc.message)
         except LabError as exc:
             return _error(409, exc.message, exc.detail)
-        except ENGINE_REFUSALS as exc:
-            return _error(502, refusal_message(exc))
         return JSONResponse({"ok": True, "action": kind, "result": result})
 
     app = Starlette(

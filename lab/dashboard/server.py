@@ -8,16 +8,19 @@ import socket
 import threading
 import webbrowser
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from lab import live
+from lab import orchestrator
 from lab.dashboard.actions import Runner
 from lab.dashboard.app import create_app
 from lab.dashboard.security import new_token
-from lab.docker_ops import Engine
 from lab.errors import InvalidInput
 from lab.livefeed import LiveFeed
+
+if TYPE_CHECKING:
+    from lab.docker_ops import Engine
 
 SayFn = Callable[[str], None]
 
@@ -58,7 +61,7 @@ def run_dashboard(
     engine: Engine, name: str, *, bind: str, port: int, open_browser: bool = False, say: SayFn = print
 ) -> None:
     """Serve lab `name`'s dashboard on bind:port until interrupted (KeyboardInterrupt ends it)."""
-    live.find_running(engine, name)  # no such lab, or not running: one line, exit 1
+    orchestrator.find_running(engine, name)  # no such lab, or not running: one line, exit 1
     sock = bind_socket(bind, port)
     try:
         feed = LiveFeed(engine, name).start()

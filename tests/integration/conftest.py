@@ -10,12 +10,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from lab import labels, orchestrator, reaper
 from lab.docker_ops import Engine
+from lab.engine import ContainerInfo
 from lab.pytest_plugin import unique_name
 
 
@@ -50,6 +52,11 @@ def lab_name(lab_engine: Engine) -> Iterator[str]:
     name = unique_name()
     yield name
     orchestrator.remove_lab(lab_engine, name)
+
+
+def raw(engine: Engine, container: ContainerInfo) -> dict[str, Any]:
+    """What the engine says about a container, as the API has it (tests check settings lab never reads)."""
+    return dict(engine.client.api.inspect_container(container.id))
 
 
 def leftovers(engine: Engine, name: str) -> tuple[int, int]:
@@ -89,9 +96,7 @@ def remove_session(engine: Engine, session_id: str) -> None:
 
 
 def _lab_names(engine: Engine, selector: dict[str, list[str]]) -> set[str]:
-    found = [c.labels for c in engine.containers(selector)] + [
-        n.attrs["Labels"] for n in engine.networks(selector)
-    ]
+    found = [c.labels for c in engine.containers(selector)] + [n.labels for n in engine.networks(selector)]
     return {f[labels.NAME] for f in found if labels.NAME in f}
 
 

@@ -20,7 +20,7 @@ from lab import labels
 from lab.docker_ops import Engine
 from lab.pytest_plugin import free_port, unique_name
 
-from .conftest import leftovers, run_lab
+from .conftest import leftovers, raw, run_lab
 
 REPLICAS = 3
 
@@ -131,17 +131,18 @@ def test_the_stack_is_the_lab_lab_up_builds(
     replicas = [f"{stack.name}-web-{i}" for i in range(1, REPLICAS + 1)]
     assert sorted(containers) == sorted([f"{stack.name}-lb", *replicas])
     backend, frontend = f"{stack.name}-backend", f"{stack.name}-frontend"
-    assert lab_engine.client.networks.get(backend).attrs["Internal"] is True
-    assert lab_engine.client.networks.get(frontend).attrs["Internal"] is False
+    assert lab_engine.network(backend).internal is True  # type: ignore[union-attr]
+    assert lab_engine.network(frontend).internal is False  # type: ignore[union-attr]
     for name, container in containers.items():
-        host = container.attrs["HostConfig"]
+        settings = raw(lab_engine, container)
+        host = settings["HostConfig"]
         assert host["CapDrop"] == ["ALL"]
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert host["Memory"] == 128 * 1024 * 1024 and host["PidsLimit"] == 256
-        networks = set(container.attrs["NetworkSettings"]["Networks"])
+        networks = set(container.networks)
         if name in replicas:
             assert networks == {backend} and not host["PortBindings"]
-            assert container.attrs["Config"]["Hostname"] == name  # what X-Served-By says
+            assert settings["Config"]["Hostname"] == name  # what X-Served-By says
         else:
             assert networks == {backend, frontend}
             assert host["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from lab import chaos, live, traffic
+from lab import chaos, live, orchestrator, traffic
 from lab.docker_ops import Engine
 from lab.errors import ExitCode
 from lab.pytest_plugin import LabHandle, free_port, in_ci
@@ -245,7 +245,7 @@ def test_refusals_and_bad_values_on_the_real_server_change_nothing(
         response = dash.post(kind, body)
         assert response.status_code == 400, response.text
         assert message in response.json()["error"]
-    running = live.find_running(lab_engine, lab.name)
+    running = orchestrator.find_running(lab_engine, lab.name)
     assert running.replicas == lab.replicas and running.spec.algorithm == "round_robin"
 
 

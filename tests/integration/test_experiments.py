@@ -13,9 +13,10 @@ from pathlib import Path
 
 import requests
 
-from lab import live
+from lab import orchestrator
 from lab.docker_ops import Engine
-from lab.experiment import ExperimentResult, run_experiment
+from lab.experiment import ExperimentResult
+from lab.experiment.run import run_experiment
 from lab.pytest_plugin import LabHandle
 
 from .conftest import run_lab, write_site
@@ -73,7 +74,7 @@ def test_scale_3_to_8_to_2_drops_nothing_and_moves_traffic_at_each_step(
     assert len(down.live) == 2 and len(down.removed) == 6
     assert not set(down.served) & set(down.removed)  # removed ones got none
     assert result.passed
-    assert live.find_running(lab_engine, lab.name).replicas == down.live
+    assert orchestrator.find_running(lab_engine, lab.name).replicas == down.live
 
 
 def test_rolling_deploy_over_4_replicas_drops_nothing_and_ends_on_the_new_version(
@@ -169,7 +170,7 @@ def test_reload_3_times_under_keep_alive_load_through_the_cli(
     lab_cluster: Callable[..., LabHandle], lab_engine: Engine, tmp_path: Path
 ) -> None:
     lab = lab_cluster(replicas=3)
-    lb_before = live.find_running(lab_engine, lab.name).lb.attrs["State"]["StartedAt"]
+    lb_before = orchestrator.find_running(lab_engine, lab.name).lb.state().started_at
     # Bad input first: one line, exit 2, no traceback, and the running lab is not disturbed.
     for args, message in [
         (["--rate", "0"], "rate must be between 1 and 2000"),
@@ -182,8 +183,8 @@ def test_reload_3_times_under_keep_alive_load_through_the_cli(
         bad = run_lab("experiment", "reload", "--name", lab.name, *args)
         assert bad.code == 2 and message in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
-    assert live.find_running(lab_engine, lab.name).lb.attrs["State"]["StartedAt"] == lb_before
-    assert live.find_running(lab_engine, lab.name).replicas == lab.replicas
+    assert orchestrator.find_running(lab_engine, lab.name).lb.state().started_at == lb_before
+    assert orchestrator.find_running(lab_engine, lab.name).replicas == lab.replicas
 
     report = tmp_path / "reload.html"
     run = run_lab(

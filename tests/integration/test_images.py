@@ -17,10 +17,12 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from lab import labels, orchestrator
+from lab import labels
 from lab.docker_ops import Engine
 from lab.images import BaseImages, ensure_base_images
+from lab.loadbalancer import NGINX_CAPS
 from lab.pytest_plugin import unique_name
+from lab.replicas import HTTPD_CAPS
 
 pytestmark = pytest.mark.docker
 
@@ -55,8 +57,8 @@ def client(lab_engine: Engine) -> docker.DockerClient:
 
 
 @pytest.fixture(scope="module")
-def base(client: docker.DockerClient) -> BaseImages:
-    return ensure_base_images(client)  # builds the stand-ins once when missing; never removes them
+def base(lab_engine: Engine) -> BaseImages:
+    return ensure_base_images(lab_engine)  # builds the stand-ins once when missing; never removes them
 
 
 @pytest.fixture
@@ -106,9 +108,9 @@ def stop_seconds(container: Container) -> float:
     return time.monotonic() - began
 
 
-def test_ensure_is_a_no_op_once_the_images_exist(client: docker.DockerClient, base: BaseImages) -> None:
+def test_ensure_is_a_no_op_once_the_images_exist(lab_engine: Engine, base: BaseImages) -> None:
     began = time.monotonic()
-    again = ensure_base_images(client)
+    again = ensure_base_images(lab_engine)
     assert time.monotonic() - began < 2
     assert again == base
 
@@ -142,9 +144,7 @@ def test_a_site_built_on_the_httpd_image_serves_its_pages(
     tag = f"lab-test/site:{unique_name('img')}"
     client.images.build(path=str(tmp_path), tag=tag, buildargs={"HTTPD_IMAGE": base.httpd}, rm=True)
     try:
-        port = run_locked_down(
-            client, tag, started, caps(base, orchestrator.HTTPD_CAPS), hostname="replica-7"
-        )
+        port = run_locked_down(client, tag, started, caps(base, HTTPD_CAPS), hostname="replica-7")
         status, headers, body = get(port)
         assert (status, body) == (200, "<p>site page</p>\n")
         assert headers["X-Served-By"] == "replica-7"
@@ -162,7 +162,7 @@ def test_a_site_built_on_the_httpd_image_serves_its_pages(
 def test_the_nginx_image_serves_reloads_and_stops_locked_down(
     client: docker.DockerClient, base: BaseImages, started: list[Container]
 ) -> None:
-    port = run_locked_down(client, base.nginx, started, caps(base, orchestrator.NGINX_CAPS))
+    port = run_locked_down(client, base.nginx, started, caps(base, NGINX_CAPS))
     assert get(port)[0] == 200
     container = started[0]
     code, output = container.exec_run(["sh", "-c", "nginx -t"])

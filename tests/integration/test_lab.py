@@ -18,11 +18,12 @@ from lab import labels, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images
+from lab.loadbalancer import LoadBalancer
 from lab.pytest_plugin import LabHandle, free_port, unique_name
 from lab.render import nginx_view, render_nginx_conf
 from lab.spec import LabSpec
 
-from .conftest import leftovers, run_lab, served_by, write_site
+from .conftest import leftovers, raw, run_lab, served_by, write_site
 
 
 def test_thirty_requests_reach_all_three_replicas(lab_cluster: Callable[..., LabHandle]) -> None:
@@ -45,7 +46,7 @@ def test_resources_are_labelled_and_locked_down(
     containers = lab_engine.containers(labels.lab_filter(lab.name))
     assert len(containers) == 3
     for container in containers:
-        host = container.attrs["HostConfig"]
+        host = raw(lab_engine, container)["HostConfig"]
         assert host["CapDrop"] == ["ALL"]
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert host["Memory"] > 0 and host["PidsLimit"] > 0
@@ -54,15 +55,14 @@ def test_resources_are_labelled_and_locked_down(
     web = [c for c in containers if c.labels[labels.ROLE] == "web"]
     lb = next(c for c in containers if c.labels[labels.ROLE] == "lb")
     for container in web:
-        assert not container.attrs["HostConfig"]["PortBindings"]
-        assert list(container.attrs["NetworkSettings"]["Networks"]) == [f"{lab.name}-backend"]
-    assert lb.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [
+        assert not raw(lab_engine, container)["HostConfig"]["PortBindings"]
+        assert list(container.networks) == [f"{lab.name}-backend"]
+    lb_settings = raw(lab_engine, lb)
+    assert lb_settings["HostConfig"]["PortBindings"]["80/tcp"] == [
         {"HostIp": "127.0.0.1", "HostPort": str(lab.spec.port)}
     ]
-    assert lb.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert sorted(lb.attrs["NetworkSettings"]["Networks"]) == sorted(
-        [f"{lab.name}-backend", f"{lab.name}-frontend"]
-    )
+    assert lb_settings["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert sorted(lb.networks) == sorted([f"{lab.name}-backend", f"{lab.name}-frontend"])
     backend = lab_engine.client.networks.get(f"{lab.name}-backend")
     assert backend.attrs["Internal"] is True
 
@@ -83,14 +83,12 @@ def test_status_reports_every_member_healthy(lab_cluster: Callable[..., LabHandl
 
 
 def test_rendered_config_passes_nginx_t_and_a_broken_one_does_not(lab_engine: Engine) -> None:
-    base = ensure_base_images(lab_engine.client)
+    base = ensure_base_images(lab_engine)
     spec = LabSpec.create(name=unique_name(), replicas=3)
     config = render_nginx_conf(nginx_view(spec))
-    orchestrator.check_nginx_config(lab_engine, spec, base.nginx, config)
+    LoadBalancer.test_config(lab_engine, spec, base.nginx, config)
     with pytest.raises(LabError, match="nginx -t") as failure:
-        orchestrator.check_nginx_config(
-            lab_engine, spec, base.nginx, config.replace("keepalive 32;", "keepalive;")
-        )
+        LoadBalancer.test_config(lab_engine, spec, base.nginx, config.replace("keepalive 32;", "keepalive;"))
     assert "keepalive" in failure.value.detail
     assert leftovers(lab_engine, spec.name) == (0, 0)
 
@@ -167,7 +165,7 @@ def test_a_replica_that_cannot_start_fails_up_with_its_log_and_rolls_back(
 
 
 def test_ctrl_c_during_up_rolls_back(lab_name: str, lab_engine: Engine) -> None:
-    ensure_base_images(lab_engine.client)
+    ensure_base_images(lab_engine)
     process = subprocess.Popen(
         [
             sys.executable,

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from lab import orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images
+from lab.loadbalancer import LoadBalancer
 from lab.pytest_plugin import LabHandle, unique_name
 from lab.render import nginx_view, render_nginx_conf, upstream_zone_bytes
 from lab.spec import ALGORITHMS, MAX_REPLICAS, LabSpec
@@ -23,7 +23,7 @@ ZONE = re.compile(r"zone replicas \d+k;")
 
 @pytest.fixture(scope="module")
 def nginx_image(lab_engine: Engine) -> str:
-    return ensure_base_images(lab_engine.client).nginx
+    return ensure_base_images(lab_engine).nginx
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_the_maximum_passes_nginx_t_for_every_method(
 ) -> None:
     # The longest lab name there is: the zone must hold the longest server names too.
     spec = LabSpec.create(name=unique_name("m").ljust(40, "x"), replicas=MAX_REPLICAS, **options)
-    orchestrator.check_nginx_config(lab_engine, spec, nginx_image, render_nginx_conf(nginx_view(spec)))
+    LoadBalancer.test_config(lab_engine, spec, nginx_image, render_nginx_conf(nginx_view(spec)))
     assert leftovers(lab_engine, spec.name) == (0, 0)
 
 
@@ -46,12 +46,12 @@ def test_the_zone_model_is_exact_and_the_old_fixed_zone_fails(lab_engine: Engine
     spec = LabSpec.create(name=unique_name("m"), replicas=MAX_REPLICAS)
     config = render_nginx_conf(nginx_view(spec))
     needed = upstream_zone_bytes(MAX_REPLICAS, max(len(f"{host}:80") for host in spec.replica_names()))
-    orchestrator.check_nginx_config(
+    LoadBalancer.test_config(
         lab_engine, spec, nginx_image, ZONE.sub(f"zone replicas {needed // 1024}k;", config)
     )
     for too_small in (needed // 1024 - 4, 64):  # one page less; the fixed size of before
         with pytest.raises(LabError, match="nginx -t") as failure:
-            orchestrator.check_nginx_config(
+            LoadBalancer.test_config(
                 lab_engine, spec, nginx_image, ZONE.sub(f"zone replicas {too_small}k;", config)
             )
         assert 'no memory in upstream zone "replicas"' in failure.value.detail

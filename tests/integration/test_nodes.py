@@ -23,7 +23,7 @@ from lab.pytest_plugin import free_port, unique_name
 from lab.site import ensure_site_image
 from lab.spec import DEFAULT_SITE
 
-from .conftest import run_lab
+from .conftest import raw, run_lab
 
 HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
 NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
@@ -64,7 +64,7 @@ def desk(lab_engine: Engine) -> Iterator[Desk]:
     current = swarm.view(engine)
     if current.state == "active" and not current.manager:
         pytest.fail("this engine is a swarm worker; the node tests need a manager (or no swarm)")
-    base = ensure_base_images(engine.client)
+    base = ensure_base_images(engine)
     site_image, _ = ensure_site_image(engine, DEFAULT_SITE, base.httpd, lambda _s, _f: None)
     names = registry.RegistryNames.of(unique_name("reg"))
     port = free_port()
@@ -121,14 +121,15 @@ def test_two_nodes_joined_as_workers_labelled_with_their_volumes(lab_engine: Eng
     assert [c.name for c in containers] == [f"{desk.prefix}-1", f"{desk.prefix}-2"]
     entries = {
         e["Description"]["Hostname"]: e
-        for e in lab_engine.swarm_nodes()
+        for e in lab_engine.client.api.nodes()
         if e["ID"] != swarm.view(lab_engine).node_id
     }
     for container in containers:
         assert container.labels[labels.ROLE] == labels.ROLE_NODE and "lab.name" not in container.labels
-        assert container.attrs["HostConfig"]["Privileged"] is False
-        assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge", desk.registry.network}
-        volumes = {m["Name"]: m["Destination"] for m in container.attrs["Mounts"] if m["Type"] == "volume"}
+        settings = raw(lab_engine, container)
+        assert settings["HostConfig"]["Privileged"] is False
+        assert set(container.networks) == {"bridge", desk.registry.network}
+        volumes = {m["Name"]: m["Destination"] for m in settings["Mounts"] if m["Type"] == "volume"}
         assert volumes == {nodes.volume_name(container.name): "/var/lib/docker"}
         entry = entries[container.name]
         assert entry["Spec"]["Role"] == "worker" and entry["Status"]["State"] == "ready"

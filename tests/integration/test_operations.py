@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import chaos, live
+from lab import chaos, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import BuildFailed, DeployFailed
 from lab.pytest_plugin import LabHandle
@@ -26,12 +26,14 @@ def test_scale_up_and_down_changes_who_serves(
     lab_cluster: Callable[..., LabHandle], lab_engine: Engine
 ) -> None:
     lab = lab_cluster(replicas=2)
-    live.scale(lab_engine, lab.name, 4)
+    orchestrator.scale(lab_engine, lab.name, 4)
     assert set(served_by(lab.url, 16)) == {f"{lab.name}-web-{i}" for i in range(1, 5)}
-    assert live.find_running(lab_engine, lab.name).spec.replicas == 4
-    live.scale(lab_engine, lab.name, 1)
+    assert orchestrator.find_running(lab_engine, lab.name).spec.replicas == 4
+    orchestrator.scale(lab_engine, lab.name, 1)
     assert set(served_by(lab.url, 8)) == {f"{lab.name}-web-1"}
-    assert [c.name for c in live.serving_members(lab_engine, lab.name)] == [f"{lab.name}-web-1"]
+    assert [c.name for c in orchestrator.find_running(lab_engine, lab.name).backend.members()] == [
+        f"{lab.name}-web-1"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -66,11 +68,11 @@ def test_deploy_of_a_site_that_does_not_build_touches_nothing(
     lab_cluster: Callable[..., LabHandle], lab_engine: Engine, tmp_path: Path
 ) -> None:
     lab = lab_cluster(replicas=2)
-    before = {c.name for c in live.serving_members(lab_engine, lab.name)}
+    before = {c.name for c in orchestrator.find_running(lab_engine, lab.name).backend.members()}
     site = write_site(tmp_path / "broken", dockerfile="ARG HTTPD_IMAGE\nFROM ${HTTPD_IMAGE}\nRUN exit 3\n")
     with pytest.raises(BuildFailed):
-        live.deploy(lab_engine, lab.name, site=site)
-    assert {c.name for c in live.serving_members(lab_engine, lab.name)} == before
+        orchestrator.deploy(lab_engine, lab.name, site=site)
+    assert {c.name for c in orchestrator.find_running(lab_engine, lab.name).backend.members()} == before
     result = run_lab("deploy", "--name", lab.name, "--site", str(site))
     assert result.code == 1 and "building" in result.stderr and "Traceback" not in result.stderr
 
@@ -83,9 +85,9 @@ def test_a_deploy_whose_replicas_fail_rolls_back(
     bad = "ARG HTTPD_IMAGE\nFROM ${HTTPD_IMAGE}\nRUN echo 'NoSuchDirective on' >> conf/httpd.conf\nCOPY ./ htdocs/\n"
     site = write_site(tmp_path / "bad", dockerfile=bad)
     with pytest.raises(DeployFailed, match="serves again"):
-        live.deploy(lab_engine, lab.name, site=site, tag="bad")
+        orchestrator.deploy(lab_engine, lab.name, site=site, tag="bad")
     assert versions(lab.url, 6) == before
-    assert len(live.serving_members(lab_engine, lab.name)) == 2
+    assert len(orchestrator.find_running(lab_engine, lab.name).backend.members()) == 2
 
 
 def test_chaos_kill_then_restore(lab_cluster: Callable[..., LabHandle], lab_engine: Engine) -> None:
@@ -129,6 +131,6 @@ def test_a_killed_load_balancer_comes_back_by_itself(
             time.sleep(0.1)
     else:
         pytest.fail("the load balancer did not come back within 30 s")
-    lb = live.find_running(lab_engine, lab.name).lb
-    assert lb.attrs["RestartCount"] >= 1
+    lb = orchestrator.find_running(lab_engine, lab.name).lb
+    assert lb.restart_count >= 1
     assert set(served_by(lab.url, 6)) == set(lab.replicas)

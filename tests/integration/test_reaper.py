@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     left_by,
     leftovers,
     new_session_id,
+    raw,
     remove_session,
     run_lab,
     wait_until_reaper_gone,
@@ -218,11 +219,12 @@ def test_a_reaper_that_cannot_start_fails_the_session_with_the_reason(
 def test_a_session_reaper_is_locked_down(lab_engine: Engine) -> None:
     found = lab_engine.container_named(reaper.session_reaper_name(labels.session_id()))
     assert found is not None, "this session has a reaper"
-    host = found.attrs["HostConfig"]
+    settings = raw(lab_engine, found)
+    host = settings["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
     assert host["ReadonlyRootfs"] and "no-new-privileges:true" in host["SecurityOpt"]
-    assert [(m["Type"], m["Destination"]) for m in found.attrs["Mounts"]] == [("bind", reaper.SOCKET_INSIDE)]
-    bindings = found.attrs["NetworkSettings"]["Ports"][f"{reaper.PORT}/tcp"]
+    assert [(m["Type"], m["Destination"]) for m in settings["Mounts"]] == [("bind", reaper.SOCKET_INSIDE)]
+    bindings = settings["NetworkSettings"]["Ports"][f"{reaper.PORT}/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
     assert found.labels[labels.ROLE] == labels.ROLE_REAPER
     assert found.labels[labels.SESSION] == labels.session_id() and labels.NAME not in found.labels
@@ -242,7 +244,8 @@ def test_a_lab_with_a_ttl_removes_itself_and_status_says_when(lab_name: str, lab
     assert "removes itself in" in run_lab("status", "--name", lab_name).stdout
     own = lab_engine.container_named(f"{lab_name}-reaper")
     assert own is not None
-    assert own.attrs["HostConfig"]["NetworkMode"] == "none" and own.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    own_host = raw(lab_engine, own)["HostConfig"]
+    assert own_host["NetworkMode"] == "none" and own_host["CapDrop"] == ["ALL"]
     while leftovers(lab_engine, lab_name) != (0, 0):
         assert time.time() < expires + SLACK, f"lab {lab_name} outlived its ttl"
         time.sleep(0.5)

@@ -16,12 +16,12 @@ from lab.pytest_plugin import LabHandle, free_port, unique_name
 from lab.site import ensure_site_image
 from lab.spec import DEFAULT_SITE
 
-from .conftest import run_lab
+from .conftest import raw, run_lab
 
 
 @pytest.fixture(scope="module")
 def site_image(lab_engine: Engine) -> str:
-    base = ensure_base_images(lab_engine.client)
+    base = ensure_base_images(lab_engine)
     tag, _ = ensure_site_image(lab_engine, DEFAULT_SITE, base.httpd, lambda _s, _f: None)
     return tag
 
@@ -55,9 +55,10 @@ def test_up_publishes_on_loopback_only_labelled_with_its_volume(
     assert f"http://127.0.0.1:{port}" in result.stdout
     container = registry.find(lab_engine, names)
     assert container is not None and container.labels[labels.ROLE] == labels.ROLE_REGISTRY
-    bindings = container.attrs["HostConfig"]["PortBindings"]
+    settings = raw(lab_engine, container)
+    bindings = settings["HostConfig"]["PortBindings"]
     assert bindings == {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
-    mounts = {m["Name"]: m["Destination"] for m in container.attrs["Mounts"] if m["Type"] == "volume"}
+    mounts = {m["Name"]: m["Destination"] for m in settings["Mounts"] if m["Type"] == "volume"}
     assert mounts == {names.volume: registry.STORAGE}
     assert "lab.name" not in container.labels  # desk-wide: `lab down` of any lab never removes it
     assert registry.answers(port)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import chaos, labels, live, orchestrator
+from lab import chaos, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images
@@ -33,7 +33,7 @@ def stranger(lab_engine: Engine) -> Iterator[list[str]]:
 
 def start_stranger(engine: Engine, network: str, names: list[str]) -> str:
     name = unique_name("stranger")
-    image = ensure_base_images(engine.client).nginx
+    image = ensure_base_images(engine).nginx
     engine.client.containers.run(
         image, ["sleep", "600"], name=name, detach=True, network=network, labels={STRANGER_LABEL: "1"}
     )
@@ -70,13 +70,13 @@ def test_a_network_held_by_someone_elses_container_never_blocks_the_lab(
     assert again.code == 0, again.stderr
     note = [line for line in again.stderr.splitlines() if "runs on new networks" in line]
     assert len(note) == 1 and held in note[0]
-    backend = orchestrator.lab_network(lab_engine, lab_name, labels.ROLE_BACKEND_NET)
+    backend = orchestrator.find_running(lab_engine, lab_name).backend.network
     assert backend != held and backend.startswith(held)
-    lab = live.find_running(lab_engine, lab_name)
+    lab = orchestrator.find_running(lab_engine, lab_name)
     assert set(served_by(lab.spec.url, 8)) == set(lab.spec.replica_names())
 
     # Everything that names the backend network finds the new one.
-    live.scale(lab_engine, lab_name, 3)
+    orchestrator.scale(lab_engine, lab_name, 3)
     assert networks_of(lab_engine, f"{lab_name}-web-3") == [backend]
     chaos.break_replica(lab_engine, lab_name, "1", "disconnect")
     assert networks_of(lab_engine, f"{lab_name}-web-1") == []

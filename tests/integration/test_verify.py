@@ -133,7 +133,7 @@ def test_a_config_that_fails_nginx_t_is_refused_and_the_old_one_keeps_serving(
     assert "Traceback" not in result.stderr
     response = requests.get(shared_lab.url, timeout=5)
     assert response.status_code == 200 and response.headers["X-Lab-Config"] == before
-    assert live.find_running(lab_engine, shared_lab.name).spec.algorithm == "round_robin"
+    assert orchestrator.find_running(lab_engine, shared_lab.name).spec.algorithm == "round_robin"
 
 
 def test_cli_verify_prints_json_writes_a_report_and_exits_by_verdict(
@@ -191,11 +191,11 @@ def test_verify_bad_input_is_one_line(shared_lab: LabSpec, args: list[str], mess
 def test_configure_bad_input_is_one_line_and_changes_nothing(
     shared_lab: LabSpec, lab_engine: Engine, args: list[str], message: str
 ) -> None:
-    before = live.find_running(lab_engine, shared_lab.name).spec
+    before = orchestrator.find_running(lab_engine, shared_lab.name).spec
     result = run_lab("configure", "--name", shared_lab.name, *args)
     assert result.code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert live.find_running(lab_engine, shared_lab.name).spec == before
+    assert orchestrator.find_running(lab_engine, shared_lab.name).spec == before
 
 
 def test_verify_of_a_lab_that_is_not_running_is_one_line(lab_engine: Engine) -> None:
@@ -212,7 +212,7 @@ def test_a_load_balancer_dying_mid_run_is_counted_and_failed(lab_cluster, lab_en
     runner = threading.Thread(target=lambda: outcome.setdefault("r", verifier.verify(target, plan)))
     runner.start()
     threading.Event().wait(1.0)
-    live.find_running(lab_engine, lab.name).lb.stop(timeout=0)
+    lab_engine.stop(orchestrator.find_running(lab_engine, lab.name).lb.container, 0)
     runner.join(timeout=30)
     result = outcome["r"]
     assert result.verdict == "failed"
@@ -222,8 +222,8 @@ def test_a_load_balancer_dying_mid_run_is_counted_and_failed(lab_cluster, lab_en
 
 def test_least_conn_sends_less_to_a_slow_replica(lab_cluster, lab_engine: Engine) -> None:  # type: ignore[no-untyped-def]
     lab = lab_cluster(replicas=3, algorithm="least_conn")
-    slow = next(c for c in live.serving_members(lab_engine, lab.name) if c.name == lab.replicas[0])
-    slow.update(cpu_period=100_000, cpu_quota=2_000)  # 2% of a core: it answers, slowly
+    # 2% of a core: it answers, slowly (a setting lab never makes, so the test asks the engine itself)
+    lab_engine.client.api.update_container(lab.replicas[0], cpu_period=100_000, cpu_quota=2_000)
     result = verify_lab(lab_engine, lab.name, requests=3000, concurrency=16)
     assert result.errors == 0
     shares = {name: r.share for name, r in result.replicas.items()}

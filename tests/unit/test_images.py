@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
-import docker.errors
 import pytest
 
 from lab import images
-from lab.images import HTTPD, NGINX, choose, parse_build_step, parse_stage
+from lab.docker_ops import build_fraction
+from lab.errors import EngineRefused
+from lab.images import HTTPD, NGINX, choose, parse_stage
 
 
 def test_official_images_win_when_present() -> None:
@@ -80,9 +80,11 @@ def test_stage_fractions_grow_to_one() -> None:
 
 
 def test_build_steps_become_fractions() -> None:
-    assert parse_build_step("Step 1/4 : ARG ROOTFS") == 0.0
-    assert parse_build_step("Step 3/4 : RUN nginx -t") == 0.5
-    assert parse_build_step(" ---> Running in 1234") is None
+    """One parser for every build (base images, the site, the reaper): the adapter's."""
+    assert build_fraction("Step 1/4 : ARG ROOTFS") == 0.0
+    assert build_fraction("Step 3/4 : RUN nginx -t") == 0.5
+    assert build_fraction(" ---> Running in 1234") is None
+    assert build_fraction("Step 2/0 : nothing") is None
 
 
 def test_tracker_averages_parallel_builds() -> None:
@@ -127,22 +129,21 @@ def test_missing_mmdebstrap_is_a_build_failure(monkeypatch: pytest.MonkeyPatch) 
 
 
 class _FakeImages:
-    def __init__(self, pullable: bool) -> None:
+    """Just enough of the engine's image verbs (lab.engine.ImageEngine) for ensure_base_images."""
+
+    def __init__(self, tags: list[str], *, pullable: bool = False) -> None:
+        self.tags = set(tags)
         self.pullable = pullable
         self.pulled: list[str] = []
 
-    def pull(self, repository: str, tag: str) -> None:
+    def image_tags(self) -> set[str]:
+        return set(self.tags)
+
+    def pull_image(self, repository: str, tag: str, on_progress: object = None) -> str:
         if not self.pullable:
-            raise docker.errors.APIError("no registry")
+            raise EngineRefused("the Docker engine refused: no registry")
         self.pulled.append(f"{repository}:{tag}")
-
-
-class _FakeClient:
-    """Just enough of docker.DockerClient for ensure_base_images."""
-
-    def __init__(self, tags: list[str], *, pullable: bool = False) -> None:
-        self.api = SimpleNamespace(images=lambda: [{"RepoTags": tags}, {"RepoTags": None}])
-        self.images = _FakeImages(pullable)
+        return "sha256:0"
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_ensure_is_a_no_op_when_the_stand_ins_exist(builds: list[str]) -> None:
     steps: list[str] = []
     base = images.ensure_base_images(
-        _FakeClient([HTTPD.tag, NGINX.tag]),
+        _FakeImages([HTTPD.tag, NGINX.tag]),
         progress=lambda step, _done: steps.append(step),
     )
     assert base == images.BaseImages(httpd=HTTPD.tag, nginx=NGINX.tag, offline=True)
@@ -166,21 +167,21 @@ def test_ensure_is_a_no_op_when_the_stand_ins_exist(builds: list[str]) -> None:
 
 
 def test_ensure_builds_only_what_is_missing(builds: list[str]) -> None:
-    base = images.ensure_base_images(_FakeClient(["httpd:2.4"]))
+    base = images.ensure_base_images(_FakeImages(["httpd:2.4"]))
     assert base == images.BaseImages(httpd="httpd:2.4", nginx=NGINX.tag, offline=True)
     assert builds == [NGINX.tag]
 
 
 def test_failed_pulls_fall_back_to_stand_ins(builds: list[str]) -> None:
-    client = _FakeClient([])
+    client = _FakeImages([])
     base = images.ensure_base_images(client, pull=True)
     assert base.offline
     assert builds == [HTTPD.tag, NGINX.tag]
 
 
 def test_pulled_images_are_used(builds: list[str]) -> None:
-    client = _FakeClient([], pullable=True)
+    client = _FakeImages([], pullable=True)
     base = images.ensure_base_images(client, pull=True)
     assert base == images.BaseImages(httpd="httpd:2.4", nginx="nginx:latest", offline=False)
-    assert client.images.pulled == ["httpd:2.4", "nginx:latest"]
+    assert client.pulled == ["httpd:2.4", "nginx:latest"]
     assert builds == []

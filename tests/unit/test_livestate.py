@@ -22,6 +22,7 @@ from lab.livestate import (
     expected,
     replica_state,
     upstream_hosts,
+    upstream_weights,
 )
 from lab.render import nginx_view, render_nginx_conf
 from lab.spec import LabSpec
@@ -57,11 +58,20 @@ def texts(events: list) -> list[tuple[str, str]]:
 # The config the load balancer serves ----------------------------------------------------------
 def test_upstream_and_generation_come_from_the_rendered_config() -> None:
     spec = LabSpec.create(name="demo", replicas=3, algorithm="least_conn", check_site=False)
-    view = nginx_view(spec, ["demo-web-1", "demo-web-4", "demo-web-3"])
+    view = nginx_view(spec, [("demo-web-1", 1), ("demo-web-4", 2), ("demo-web-3", 3)])
     config = render_nginx_conf(view)
     assert upstream_hosts(config) == ("demo-web-1", "demo-web-4", "demo-web-3")
     assert config_generation(config) == view.generation != ""
     assert upstream_hosts("") == () and config_generation("") == ""
+    assert upstream_weights(config) == ((), None)
+
+
+def test_weights_and_the_backup_are_read_per_upstream_position() -> None:
+    """After a deploy, demo-web-4 holds slot 1: the config gives it slot 1's weight, and so does the view."""
+    spec = LabSpec.create(name="demo", replicas=3, weights="3,1,1", backup=3, check_site=False)
+    config = render_nginx_conf(nginx_view(spec, [("demo-web-2", 2), ("demo-web-4", 1), ("demo-web-3", 3)]))
+    assert upstream_hosts(config) == ("demo-web-2", "demo-web-4", "demo-web-3")
+    assert upstream_weights(config) == ((1, 3, 1), 3)
 
 
 # States and expected shares ----------------------------------------------------------------------

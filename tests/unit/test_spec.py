@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import InvalidInput
-from lab.spec import DEFAULT_SITE, MAX_REPLICAS, LabSpec, parse_weights, probe_host
+from lab.spec import DEFAULT_SITE, MAX_REPLICAS, LabSpec, parse_weights, probe_host, resize_notes
 
 
 def test_defaults_describe_the_documented_lab() -> None:
@@ -169,3 +169,33 @@ def test_durations_read_shortly(seconds: float, text: str) -> None:
     from lab.spec import format_duration
 
     assert format_duration(seconds) == text
+
+
+# Resizing: weights and the backup follow replica slots ------------------------------------------------
+def test_growing_keeps_each_slots_weight_and_new_slots_get_weight_1() -> None:
+    spec = LabSpec.create(replicas=3, weights="3,1,2", backup=2, check_site=False)
+    grown = spec.resized(5)
+    assert (grown.weights, grown.backup) == ((3, 1, 2, 1, 1), 2)
+    assert resize_notes(spec, grown) == ["new replicas 4-5 get weight 1 (weights now 3,1,2,1,1)"]
+    assert resize_notes(spec, spec.resized(4)) == ["new replica 4 gets weight 1 (weights now 3,1,2,1)"]
+    assert [grown.weight_of(s) for s in range(0, 7)] == [1, 3, 1, 2, 1, 1, 1]
+
+
+def test_shrinking_drops_the_weights_and_the_backup_of_slots_that_go() -> None:
+    spec = LabSpec.create(replicas=4, weights="3,1,2,5", backup=4, check_site=False)
+    shrunk = spec.resized(2)
+    assert (shrunk.weights, shrunk.backup) == ((3, 1), None)
+    assert resize_notes(spec, shrunk) == [
+        "weights now 3,1",
+        "replica 4 is no longer a backup: its slot is gone",
+    ]
+    alone = LabSpec.create(replicas=2, backup=1, check_site=False).resized(1)
+    assert alone.backup is None
+    assert resize_notes(LabSpec.create(replicas=2, backup=1, check_site=False), alone) == [
+        "replica 1 is no longer a backup: a backup needs another replica beside it"
+    ]
+
+
+def test_an_unweighted_lab_stays_unweighted_and_says_nothing() -> None:
+    spec = LabSpec.create(replicas=3, check_site=False)
+    assert spec.resized(6).weights == () and resize_notes(spec, spec.resized(6)) == []

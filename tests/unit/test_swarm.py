@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from lab import labels, swarm
+from lab.engine import ServiceInfo, SwarmNode
 from lab.errors import SwarmError
 from lab.swarm import SwarmView, manager_network, refusal
 
@@ -87,8 +88,8 @@ class FakeNetwork:
 class FakeEngine:
     state: dict[str, Any] = field(default_factory=lambda: {"LocalNodeState": "inactive"})
     spec_labels: dict[str, str] = field(default_factory=dict)
-    service_list: list[dict[str, Any]] = field(default_factory=list)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+    service_list: list[ServiceInfo] = field(default_factory=list)
+    nodes: list[SwarmNode] = field(default_factory=list)
     overlays: list[str] = field(default_factory=list)
     local_networks: set[str] = field(default_factory=set)
     gateways: dict[str, str] = field(default_factory=lambda: {"bridge": "172.17.0.1"})
@@ -126,11 +127,15 @@ class FakeEngine:
         self.calls.append(("leave",))
         self.state = {"LocalNodeState": "inactive"}
 
-    def services(self) -> list[dict[str, Any]]:
+    def services(self) -> list[ServiceInfo]:
         return self.service_list
 
-    def swarm_nodes(self) -> list[dict[str, Any]]:
-        return [{"ID": "m1", "Status": {"State": "ready"}}, *self.nodes]
+    def swarm_nodes(self) -> list[SwarmNode]:
+        return [node("m1", "ready"), *self.nodes]
+
+
+def node(node_id: str, state: str, hostname: str = "") -> SwarmNode:
+    return SwarmNode(node_id, hostname, state, "active", "", {}, "")
 
 
 def test_init_advertises_and_listens_on_docker0_and_is_undone_completely() -> None:
@@ -174,8 +179,8 @@ def test_a_swarm_the_user_made_is_never_left() -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"service_list": [{"Spec": {"Name": "web"}}]}, "1 services still run (web)"),
-        ({"nodes": [{"ID": "w9", "Status": {"State": "ready"}, "Description": {"Hostname": "pi"}}]}, "(pi)"),
+        ({"service_list": [ServiceInfo("s1", "web", {})]}, "1 services still run (web)"),
+        ({"nodes": [node("w9", "ready", "pi")]}, "(pi)"),
         ({"overlays": ["someones-net"]}, "overlay networks still exist (someones-net)"),
     ],
 )
@@ -193,5 +198,5 @@ def test_nodes_left_keep_the_swarm_and_down_entries_do_not() -> None:
     engine = FakeEngine()
     swarm.ensure_manager(engine, init=True)  # type: ignore[arg-type]
     assert not swarm.release_if_unused(engine, lab_nodes_left=2).left  # type: ignore[arg-type]
-    engine.nodes = [{"ID": "w1", "Status": {"State": "down"}}]  # a stale entry goes with the swarm
+    engine.nodes = [node("w1", "down")]  # a stale entry goes with the swarm
     assert swarm.release_if_unused(engine).left  # type: ignore[arg-type]

@@ -1,0 +1,293 @@
+"""What lab asks of a container engine: plain values in and out, and the verbs, as a Protocol (pure).
+
+`docker_ops.Engine` implements `ContainerEngine` with the Docker SDK; the unit tests implement it
+with a small fake (tests/unit/fake_engine.py). The orchestrator, the load balancer, the replica
+backends and the live operations are written against this interface and receive the engine as a
+parameter, so none of them imports Docker, and their logic is tested without a daemon.
+
+Containers and networks come back as snapshots (`ContainerInfo`, `NetworkInfo`): what the engine
+said when asked. `inspect` and `state` ask again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lab.progress import ProgressFn
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What to start: the adapter turns it into one `create` call."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    network: str
+    hostname: str | None = None
+    command: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # "80/tcp" -> (bind, port or any)
+    cap_add: tuple[str, ...] = ()
+    mem_limit: str = "128m"
+    pids_limit: int = 256
+    restart: str | None = None  # e.g. "unless-stopped"
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    network_disabled: bool = False
+    binds: dict[str, str] = field(default_factory=dict)  # host path -> path inside; the host path must exist
+    read_only: bool = False  # a read-only root file system
+    volumes: dict[str, str] = field(default_factory=dict)  # named volume -> mount point
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A container's place on one network."""
+
+    address: str = ""  # its IPv4 address there ("" until it runs)
+    gateway: str = ""  # the host's address on that network
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container, as the engine listed it."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str  # created, running, paused, restarting, exited, dead
+    image: str  # the image reference it was created from
+    networks: Mapping[str, Endpoint] = field(default_factory=dict)
+
+    def on(self, network: str) -> bool:
+        return network in self.networks
+
+    def address(self, network: str) -> str:
+        endpoint = self.networks.get(network)
+        return endpoint.address if endpoint else ""
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What a container is doing now."""
+
+    status: str  # created, running, paused, restarting, exited, dead, or "gone"
+    pid: int = 0  # its main process on the engine's host (0 when it has none)
+    started_at: str = ""  # when it last started (the engine's timestamp)
+    restart_count: int = 0  # how often its restart policy brought it back
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused")
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """One network, as the engine listed it."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+
+# Swarm and nodes (values the adapter's swarm verbs take and return) --------------------------------
+@dataclass(frozen=True)
+class NestedEngineRequest:
+    """A container that runs its own Docker engine (a swarm node on this desk).
+
+    `--privileged` is refused on this kind of machine. What an inner dockerd needs instead: every
+    capability but SYS_RESOURCE, no seccomp or AppArmor profile, unmasked /proc and /sys paths,
+    the cgroup tree writable, and a volume on /var/lib/docker (overlay2 cannot stack on the
+    container's own overlay file system; without the volume it falls back to vfs).
+    """
+
+    name: str
+    image: str
+    hostname: str
+    labels: dict[str, str]
+    network: str
+    volume: str
+    pids_limit: int = 4096
+
+
+@dataclass(frozen=True)
+class ServiceRequest:
+    """A replicated swarm service: what `create_service` turns into one call."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    network: str
+    replicas: int
+    constraints: tuple[str, ...] = ()
+    hostname: str | None = None  # a Go template Swarm expands, e.g. {{.Service.Name}}-{{.Task.Slot}}
+    max_per_node: int | None = None
+    cap_add: tuple[str, ...] = ()
+    container_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    id: str
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task of a service, as the manager reports it."""
+
+    slot: int
+    node_id: str
+    state: str  # new, pending, assigned, preparing, starting, running, failed, ...
+    error: str
+    addresses: tuple[str, ...]  # on the service's networks, without the prefix length
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """One node of the swarm, as the manager sees it."""
+
+    id: str
+    hostname: str
+    state: str  # ready, down, unknown, disconnected
+    availability: str  # active, pause, drain
+    address: str
+    labels: dict[str, str]
+    engine_version: str
+
+
+Filters = Mapping[str, Sequence[str]]  # the engine's label filters, e.g. {"label": ["lab.name=x"]}
+
+
+StepFn = Callable[[float, str], None]  # (fraction of a build done, the step it is at)
+
+
+class ImageEngine(Protocol):
+    """The image verbs: what lab.images and lab.site build and check through."""
+
+    def image_exists(self, ref: str) -> bool: ...
+
+    def image_id(self, ref: str) -> str:
+        """The image's id; a LabError when it is missing."""
+        ...
+
+    def image_tags(self) -> set[str]:
+        """Every tag of every local image."""
+        ...
+
+    def image_labels(self, ref: str) -> dict[str, str]: ...
+
+    def build_image(
+        self,
+        context: Path,
+        tag: str,
+        *,
+        dockerfile: Path | None = None,
+        buildargs: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        on_step: StepFn | None = None,
+    ) -> str:
+        """Build `context` into `tag` (never pulling); raise BuildFailed with the log's tail."""
+        ...
+
+    def import_image(self, tarball: Path, repository: str, tag: str, changes: list[str]) -> None: ...
+
+    def pull_image(self, repository: str, tag: str, on_progress: ProgressFn | None = None) -> str:
+        """Pull repository:tag (a LabError when no registry serves it); its digest."""
+        ...
+
+
+class ContainerEngine(ImageEngine, Protocol):
+    """The verbs the orchestrator, the load balancer, the replica backends and the live operations use.
+
+    Every container argument is a `ContainerInfo` the same engine returned. Failures the engine
+    reports come back as `lab.errors.LabError` (EngineRefused, NameInUse, ...), never as SDK types.
+    """
+
+    # Finding things
+    def containers(self, filters: Filters) -> list[ContainerInfo]:
+        """Every container (running or not) matching `filters`."""
+        ...
+
+    def inspect(self, container: ContainerInfo) -> ContainerInfo | None:
+        """A fresh snapshot of `container` (None once it is gone)."""
+        ...
+
+    def state(self, container: ContainerInfo) -> ContainerState: ...
+
+    def container_exists(self, container_id: str) -> bool: ...
+
+    def networks(self, filters: Filters) -> list[NetworkInfo]: ...
+
+    def network_containers(self, network: NetworkInfo) -> dict[str, str]:
+        """The containers on `network` now: id -> name (empty once it is gone)."""
+        ...
+
+    # Making and changing things
+    def create_network(self, name: str, labels: dict[str, str], *, internal: bool) -> NetworkInfo:
+        """A bridge network; raises NameInUse when the name is taken."""
+        ...
+
+    def create_container(self, req: ContainerRequest) -> ContainerInfo:
+        """Create (not start) the container `req` describes."""
+        ...
+
+    def start(self, container: ContainerInfo) -> None: ...
+
+    def stop(self, container: ContainerInfo, timeout: int) -> None:
+        """Its stop signal, then SIGKILL after `timeout` seconds; one that is gone is fine."""
+        ...
+
+    def kill(self, containers: Iterable[ContainerInfo]) -> None:
+        """SIGKILL those that run; others are left as they are."""
+        ...
+
+    def pause(self, container: ContainerInfo) -> None: ...
+
+    def unpause(self, container: ContainerInfo) -> None: ...
+
+    def attach(self, network: str, container: ContainerInfo, aliases: list[str] | None = None) -> None: ...
+
+    def detach(self, network: str, container: ContainerInfo) -> None: ...
+
+    def release_endpoints(self, container: ContainerInfo) -> None:
+        """Take a container off every network it is on (one already off is fine)."""
+        ...
+
+    def put_files(self, container: ContainerInfo, files: Mapping[str, str]) -> None:
+        """Write text files (absolute path -> content) into a created or running container."""
+        ...
+
+    def read_file(self, container: ContainerInfo, path: str) -> str: ...
+
+    def exec(self, container: ContainerInfo, command: list[str]) -> tuple[int, str]:
+        """Run `command` in a running container; its exit code and combined output."""
+        ...
+
+    # Waiting and reading
+    def wait_for_log(self, container: ContainerInfo, marker: str) -> bool:
+        """Follow the output until `marker` appears (True) or the container ends (False)."""
+        ...
+
+    def wait_exit(self, container: ContainerInfo, timeout: float) -> int: ...
+
+    def logs(self, container: ContainerInfo, tail: int = 40) -> str: ...
+
+    def log_lines(self, container: ContainerInfo, since: float) -> Iterator[str]: ...
+
+    # Removing
+    def remove_containers(self, containers: Iterable[ContainerInfo]) -> int: ...
+
+    def wait_gone(self, filters: Filters, *, timeout: float = 30.0) -> list[ContainerInfo]: ...
+
+    def remove_network(self, network: NetworkInfo, *, patience: float = 0.0) -> str:
+        """ "" once it is gone, else the engine's reason for keeping it."""
+        ...
+
+    def remove_volumes(self, filters: Filters) -> int: ...

@@ -1,0 +1,289 @@
+"""The lab's load balancer: one nginx container, and the only code that writes its config.
+
+`LoadBalancer` writes nginx.conf and the stored spec (/etc/nginx/lab-spec.json) together, both
+from the same spec, so what nginx balances with and what `lab verify` expects can never
+disagree. A change is rendered, tested with `nginx -t` next to the config that serves, and only
+then moved into place and reloaded; a config that fails its test never replaces a good one. It
+also waits for the new workers, drains the old ones, and reads its restart count and pid.
+
+The upstream is whatever members a replica backend hands it (lab.replicas): names (or
+addresses) nginx can reach on the backend network, each with its slot, whose weight and backup
+flag the spec gives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import requests
+
+from lab import labels
+from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest, ContainerState
+from lab.errors import InvalidInput, LabError, NotReady
+from lab.progress import ProgressFn
+from lab.render import nginx_view, render_nginx_conf
+from lab.spec import LabSpec, probe_host
+
+if TYPE_CHECKING:
+    from lab.replicas import Member
+
+NGINX_CONF = "/etc/nginx/nginx.conf"
+SPEC_FILE = "/etc/nginx/lab-spec.json"
+_NEXT = ".next"  # a change is written beside what serves, tested, then moved into place
+# What nginx needs once every capability is dropped: bind port 80 (engines that keep ports below
+# 1024 privileged), switch to an unprivileged user, and hand its temp directories to that user
+# (the official image creates them at start).
+NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
+_PORT_TAKEN = ("already allocated", "address already in use")
+# nginx's workers by their command line: those taking new connections, then the old ones a reload
+# left finishing their requests. "[ ]" keeps the shell's own command line from matching.
+_WORKERS = (
+    "grep -l 'worker[ ]process' /proc/[0-9]*/cmdline 2>/dev/null; echo --; "
+    "grep -l 'shutting[ ]down' /proc/[0-9]*/cmdline 2>/dev/null"
+)
+
+
+def spec_json(spec: LabSpec) -> str:
+    """The spec as stored: a label on the container (as created) and a file in it (as now)."""
+    return json.dumps(spec.as_dict(), sort_keys=True)
+
+
+def lb_request(spec: LabSpec, image: str, network: str) -> ContainerRequest:
+    """The load balancer of `spec` on `network`: the only container that publishes a port."""
+    return ContainerRequest(
+        name=spec.lb_name,
+        hostname=spec.lb_name,
+        image=image,
+        labels=labels.for_lab(spec.name, labels.ROLE_LB, spec=spec_json(spec)),
+        network=network,
+        ports={"80/tcp": (spec.bind, spec.port)},
+        cap_add=NGINX_CAPS,
+        restart="unless-stopped",
+    )
+
+
+def servers(members: Sequence[Member]) -> list[tuple[str, int]]:
+    """The upstream's (host, slot) pairs for `members`."""
+    return [(m.host, m.slot) for m in members]
+
+
+def render(spec: LabSpec, members: Sequence[Member] | None = None) -> tuple[str, str]:
+    """The config for `spec` and `members` (default: every slot of the spec), and its generation."""
+    view = nginx_view(spec, servers(members) if members is not None else None)
+    return render_nginx_conf(view), view.generation
+
+
+class LoadBalancer:
+    """A lab's nginx container and what it serves."""
+
+    def __init__(self, engine: ContainerEngine, container: ContainerInfo) -> None:
+        self.engine = engine
+        self.container = container
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    # Finding and making one ----------------------------------------------------------------
+    @classmethod
+    def find(cls, engine: ContainerEngine, lab: str) -> LoadBalancer | None:
+        found = engine.containers(labels.lab_filter(lab, labels.ROLE_LB))
+        return cls(engine, found[0]) if found else None
+
+    @classmethod
+    def create(
+        cls,
+        engine: ContainerEngine,
+        spec: LabSpec,
+        members: Sequence[Member],
+        *,
+        image: str,
+        frontend: str,
+        backend: str,
+        config: str | None = None,
+    ) -> LoadBalancer:
+        """Create (not start) the load balancer on `frontend`, publishing the spec's port, and on
+        `backend`, where it reaches `members`; its config and spec are in place before it starts."""
+        container = engine.create_container(lb_request(spec, image, frontend))
+        engine.attach(backend, container)
+        engine.put_files(
+            container, {NGINX_CONF: config or render(spec, members)[0], SPEC_FILE: spec_json(spec)}
+        )
+        return cls(engine, engine.inspect(container) or container)
+
+    @staticmethod
+    def test_config(engine: ContainerEngine, spec: LabSpec, image: str, config: str) -> None:
+        """`nginx -t` a config in a throwaway container of the load balancer's image, before any
+        replica runs: the replicas' names are mapped to a placeholder address, as nginx resolves
+        upstream host names while testing."""
+        req = ContainerRequest(
+            name=f"{spec.name}-config-check-{int(time.time() * 1000) % 100000}",
+            image=image,
+            labels=labels.for_lab(spec.name, labels.ROLE_CHECK),
+            network="",
+            network_disabled=True,
+            command=["nginx", "-t"],
+            extra_hosts={name: "127.0.0.1" for name in spec.replica_names()},
+            cap_add=NGINX_CAPS,
+        )
+        container = engine.create_container(req)
+        try:
+            engine.put_files(container, {NGINX_CONF: config})
+            engine.start(container)
+            if engine.wait_exit(container, timeout=30) != 0:
+                raise LabError(
+                    "the rendered nginx config failed `nginx -t`", detail=engine.logs(container, tail=20)
+                )
+        finally:
+            engine.remove_containers([container])
+
+    def start(self, spec: LabSpec, progress: ProgressFn) -> None:
+        progress("starting the load balancer", None)
+        try:
+            self.engine.start(self.container)
+        except LabError as exc:
+            if any(marker in exc.message for marker in _PORT_TAKEN):
+                raise InvalidInput(
+                    f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
+                ) from exc
+            raise
+
+    # What it serves --------------------------------------------------------------------------
+    def spec(self) -> LabSpec:
+        """The spec it serves now: its spec file, else the label it was created with."""
+        try:
+            return LabSpec.from_dict(json.loads(self.engine.read_file(self.container, SPEC_FILE)))
+        except Exception:  # noqa: BLE001 - no file (or a stopped container): the creation label still tells
+            return LabSpec.from_dict(json.loads(self.container.labels[labels.SPEC]))
+
+    def config(self) -> str:
+        return self.engine.read_file(self.container, NGINX_CONF)
+
+    def state(self) -> ContainerState:
+        return self.engine.state(self.container)
+
+    @property
+    def restart_count(self) -> int:
+        return self.state().restart_count
+
+    @property
+    def pid(self) -> int:
+        return self.state().pid
+
+    def logs(self, tail: int = 40) -> str:
+        return self.engine.logs(self.container, tail=tail)
+
+    def log_lines(self, since: float) -> Iterator[str]:
+        """Its access log (and errors) since a UNIX time."""
+        return self.engine.log_lines(self.container, since)
+
+    # Changing what it serves -------------------------------------------------------------------
+    def apply(self, spec: LabSpec, members: Sequence[Member], *, timeout: float = 10.0) -> str:
+        """Balance over `members` as `spec` says: render, `nginx -t`, then a graceful reload.
+
+        The config and the spec are written side by side, tested, and moved into place together;
+        a config that fails the test is never installed (the old one keeps serving). Returns the
+        new config's generation once fresh workers serve it.
+        """
+        config, generation = render(spec, members)
+        conf_next, spec_next = NGINX_CONF + _NEXT, SPEC_FILE + _NEXT
+        self.engine.put_files(self.container, {conf_next: config, spec_next: spec_json(spec)})
+        # One exec tests the config and lists the workers the reload will replace.
+        code, output = self.engine.exec(
+            self.container, ["sh", "-c", f"nginx -t -q -c {conf_next} 2>&1 || exit 1; echo ==; {_WORKERS}"]
+        )
+        if code != 0:
+            self.engine.exec(self.container, ["rm", "-f", conf_next, spec_next])
+            raise InvalidInput(
+                "the new nginx config failed `nginx -t`; the old one keeps serving", detail=output
+            )
+        old = _active(output.partition("==")[2])
+        code, output = self.engine.exec(
+            self.container,
+            ["sh", "-c", f"mv {conf_next} {NGINX_CONF} && mv {spec_next} {SPEC_FILE} && nginx -s reload"],
+        )
+        if code != 0:
+            raise LabError("nginx did not accept the reload signal", detail=output)
+        self._wait_for_new_workers(old, timeout)
+        return generation
+
+    def active_workers(self) -> set[str]:
+        """The /proc entries of nginx workers that take new connections (not the old, draining ones)."""
+        return _active(self.engine.exec(self.container, ["sh", "-c", _WORKERS])[1])
+
+    def _wait_for_new_workers(self, old: set[str], timeout: float) -> None:
+        """`nginx -s reload` only signals the master: wait until fresh workers have replaced the old."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.active_workers()
+            if current and not current & old:
+                return
+            time.sleep(0.02)
+        raise LabError(f"nginx did not start new workers within {timeout:.0f} s of the reload")
+
+    def drain(self, *, timeout: float = 15.0) -> None:
+        """Wait until the old workers (after a reload) have finished their requests and exited."""
+        count = "grep -l 'shutting[ ]down' /proc/[0-9]*/cmdline 2>/dev/null | wc -l"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, output = self.engine.exec(self.container, ["sh", "-c", count])
+            if code != 0 or output.strip() in ("", "0"):
+                return
+            time.sleep(0.05)
+
+    # Waiting for it --------------------------------------------------------------------------
+    def wait_serving(
+        self, spec: LabSpec, names: Sequence[str], progress: ProgressFn, *, deadline: float
+    ) -> None:
+        """Poll it on loopback until every replica in `names` has answered through it."""
+        wanted = set(names)
+        seen: set[str] = set()
+        last_problem = "no answer yet"
+        url = f"http://{probe_host(spec.bind)}:{spec.port}/"
+        max_requests = 50 + 20 * len(wanted)
+        with requests.Session() as session:
+            for _ in range(max_requests):
+                answered = False
+                try:
+                    response = session.get(url, timeout=2)
+                    served_by = response.headers.get("X-Served-By", "")
+                    answered = response.status_code == 200 and served_by in wanted
+                    if answered:
+                        seen.add(served_by)
+                    else:
+                        last_problem = f"HTTP {response.status_code} from {served_by or 'the load balancer'}"
+                except requests.RequestException as exc:
+                    last_problem = type(exc).__name__
+                    time.sleep(0.05)
+                progress(
+                    f"{len(seen)}/{len(wanted)} replicas answered through {url}", len(seen) / len(wanted)
+                )
+                if seen == wanted:
+                    return
+                if time.monotonic() > deadline:
+                    break
+                if answered:
+                    continue  # it serves: no need to ask the engine how it is
+                status = self.state().status
+                # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
+                # not resolve the replicas' names for a few seconds (a busy engine, or one entering or
+                # leaving swarm mode). Wait for it until the deadline, sending nothing meanwhile.
+                while status == "restarting" and time.monotonic() < deadline:
+                    last_problem = "the load balancer keeps restarting"
+                    time.sleep(0.25)
+                    status = self.state().status
+                if status not in ("running", "created"):
+                    break
+        missing = sorted(wanted - seen)
+        raise NotReady(
+            f"{len(missing)} replica(s) never answered through {url} ({last_problem}): {', '.join(missing[:5])}",
+            detail=self.logs(),
+        )
+
+
+def _active(listing: str) -> set[str]:
+    workers, _, draining = listing.partition("--")
+    return set(workers.split()) - set(draining.split())
