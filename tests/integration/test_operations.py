@@ -12,6 +12,7 @@ import requests
 from lab import chaos, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import BuildFailed, DeployFailed
+from lab.livestate import upstream_weights
 from lab.pytest_plugin import LabHandle
 
 from .conftest import run_lab, served_by, write_site
@@ -88,6 +89,29 @@ def test_a_deploy_whose_replicas_fail_rolls_back(
         orchestrator.deploy(lab_engine, lab.name, site=site, tag="bad")
     assert versions(lab.url, 6) == before
     assert len(orchestrator.find_running(lab_engine, lab.name).backend.members()) == 2
+
+
+def test_a_weighted_lab_keeps_its_weights_through_deploy_and_scale_and_verify_says_balanced(
+    lab_cluster: Callable[..., LabHandle], lab_engine: Engine
+) -> None:
+    """Before: a rolling deploy of --weights 3,1,1 left nginx with equal weights while the stored spec
+    still said 3,1,1, and verify judged a 33/33/33 spread against 60/20/20 and said skewed."""
+    lab = lab_cluster(replicas=3, weights="3,1,1")
+    assert orchestrator.deploy(lab_engine, lab.name, tag="weighted2", batch=1) == "weighted2"
+    running = orchestrator.find_running(lab_engine, lab.name)
+    assert running.replicas == [f"{lab.name}-web-{i}" for i in (4, 5, 6)]
+    assert running.spec.weights == (3, 1, 1)
+    assert upstream_weights(lab.nginx_conf) == ((3, 1, 1), None)
+    result = lab.verify(requests=3000)
+    assert result.verdict == "balanced", result.reason
+    assert result.weights == [3, 1, 1]
+    assert result.replicas[f"{lab.name}-web-4"].expected_share == pytest.approx(0.6)
+    cli = run_lab("verify", "--name", lab.name, "--requests", "3000", "--json")
+    assert cli.code == 0, cli.stdout[-2000:] + cli.stderr
+    scaled = run_lab("scale", "--name", lab.name, "4")
+    assert scaled.code == 0 and "new replica 4 gets weight 1 (weights now 3,1,1,1)" in scaled.stdout
+    assert upstream_weights(lab.nginx_conf) == ((3, 1, 1, 1), None)
+    assert lab.verify(requests=3000).verdict == "balanced"
 
 
 def test_chaos_kill_then_restore(lab_cluster: Callable[..., LabHandle], lab_engine: Engine) -> None:

@@ -215,7 +215,8 @@ class FakeEngine:
         if "nginx -t" in text:
             if not self.config_ok:
                 return 1, "nginx: [emerg] invalid config (fake)"
-            return 0, f"==\n{self._workers(found)}"
+            # As the shell does: the script's status is its last command's (grep finding nothing: 1).
+            return (0 if text.rstrip().endswith("exit 0") else 1), f"==\n{self._workers(found)}"
         if "nginx -s reload" in text:
             script = command[2].split("&&")
             for step in script[:-1]:
