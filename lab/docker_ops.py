@@ -33,6 +33,7 @@ from lab.engine import (
     ContainerState,
     Endpoint,
     Filters,
+    HealthCheck,
     NestedEngineRequest,
     NetworkInfo,
     ServiceInfo,
@@ -40,6 +41,7 @@ from lab.engine import (
     StepFn,
     SwarmNode,
     TaskInfo,
+    UpdatePolicy,
 )
 from lab.errors import BuildFailed, EngineRefused, EngineUnavailable, LabError, NameInUse, RegistryError
 
@@ -57,6 +59,7 @@ __all__ = [
     "ServiceRequest",
     "SwarmNode",
     "TaskInfo",
+    "UpdatePolicy",
     "build_fraction",
     "transfer_digest",
 ]
@@ -64,6 +67,8 @@ __all__ = [
 TransferFn = Callable[[str, float | None], None]  # (what is happening, fraction done or None)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
 ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
+IN_USE_BY_TASK = "in use by task"  # ... and an overlay whose service's tasks are still stopping
+NANO = 1_000_000_000
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,12 +272,18 @@ class Engine:
             raise
         return NetworkInfo(str(created["Id"]), name, dict(labels), internal)
 
-    def create_overlay_network(self, name: str, labels: dict[str, str]) -> NetworkInfo:
-        """An attachable overlay network: services and plain containers of this engine can join."""
-        created = self.api.create_network(
-            name, driver="overlay", attachable=True, labels=labels, check_duplicate=True
-        )
-        return NetworkInfo(str(created["Id"]), name, dict(labels))
+    def create_overlay_network(self, name: str, labels: dict[str, str], *, internal: bool = False) -> NetworkInfo:
+        """An attachable overlay network: services and plain containers of this engine can join.
+        Internal: no route out for what is on it (tasks then get no docker_gwbridge endpoint)."""
+        try:
+            created = self.api.create_network(
+                name, driver="overlay", attachable=True, internal=internal, labels=labels, check_duplicate=True
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameInUse(f"a network named {name} exists already") from exc
+            raise
+        return NetworkInfo(str(created["Id"]), name, dict(labels), internal)
 
     def networks(self, filters: Filters) -> list[NetworkInfo]:
         return [_network(entry) for entry in self.api.networks(filters=dict(filters))]
@@ -306,7 +317,8 @@ class Engine:
                 return ""
             except docker.errors.APIError as exc:
                 reason = _one_line(exc)
-                if ACTIVE_ENDPOINTS not in reason or time.monotonic() >= deadline:
+                busy = ACTIVE_ENDPOINTS in reason or IN_USE_BY_TASK in reason  # swarm: tasks stopping
+                if not busy or time.monotonic() >= deadline:
                     return reason
                 time.sleep(0.1)
 
@@ -324,9 +336,7 @@ class Engine:
                 except docker.errors.NotFound:
                     break
                 except docker.errors.APIError as exc:
-                    busy = ACTIVE_ENDPOINTS in str(exc) or "in use by task" in str(
-                        exc
-                    )  # swarm: tasks stopping
+                    busy = ACTIVE_ENDPOINTS in str(exc) or IN_USE_BY_TASK in str(exc)  # swarm: tasks stopping
                     if not busy or time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
@@ -815,60 +825,105 @@ class Engine:
             return False
         return True
 
-    def services(self, filters: dict[str, Any] | None = None) -> list[ServiceInfo]:
-        return [
-            ServiceInfo(
-                id=str(entry.get("ID") or ""),
-                name=str((entry.get("Spec") or {}).get("Name") or ""),
-                labels=dict((entry.get("Spec") or {}).get("Labels") or {}),
-            )
-            for entry in self.api.services(filters=filters)
-        ]
+    def services(self, filters: Filters | None = None) -> list[ServiceInfo]:
+        """Services matching `filters`; none when this engine is no swarm manager (or in no swarm)."""
+        try:
+            found = self.api.services(filters=dict(filters) if filters else None)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 503:  # "This node is not a swarm manager"
+                return []
+            raise
+        return [_service(entry) for entry in found]
+
+    def service(self, name: str) -> ServiceInfo | None:
+        try:
+            return _service(self.api.inspect_service(name))
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 503:
+                return None
+            raise
 
     def create_service(self, req: ServiceRequest) -> str:
-        """Create a replicated service; return its id."""
+        """Create a replicated service; return its id. NameInUse when a service has that name."""
         spec = docker.types.ContainerSpec(
             req.image,
             hostname=req.hostname,
             labels=req.container_labels or None,
             cap_add=list(req.cap_add) or None,
             cap_drop=["ALL"],
+            healthcheck=_healthcheck(req.health) if req.health else None,
+            stop_grace_period=int(req.stop_grace * NANO),
         )
         template = docker.types.TaskTemplate(
             spec,
+            resources=docker.types.Resources(mem_limit=req.mem_limit) if req.mem_limit else None,
+            restart_policy=docker.types.RestartPolicy(condition="any"),
             placement=docker.types.Placement(
                 constraints=list(req.constraints) or None, maxreplicas=req.max_per_node
             ),
             networks=[{"Target": req.network}],
         )
-        created = self.api.create_service(
-            template,
-            name=req.name,
-            labels=req.labels,
-            mode=docker.types.ServiceMode("replicated", replicas=req.replicas),
-        )
+        try:
+            created = self.api.create_service(
+                template,
+                name=req.name,
+                labels=req.labels,
+                mode=docker.types.ServiceMode("replicated", replicas=req.replicas),
+                update_config=_update_config(req.update, docker.types.UpdateConfig),
+                rollback_config=_update_config(req.update, docker.types.RollbackConfig, rollback=True),
+                endpoint_spec=docker.types.EndpointSpec(mode=req.endpoint_mode),
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameInUse(f"a service named {req.name} exists already") from exc
+            raise
         return str(created["ID"])
 
-    def service_tasks(self, service: str) -> list[TaskInfo]:
-        """The tasks of `service` the orchestrator wants running, with their overlay addresses."""
-        found = []
-        for task in self.api.tasks(filters={"service": service, "desired-state": "running"}):
-            addresses = tuple(
-                address.split("/")[0]
-                for attachment in task.get("NetworksAttachments") or ()
-                for address in attachment.get("Addresses") or ()
-            )
-            status = task.get("Status") or {}
-            found.append(
-                TaskInfo(
-                    slot=int(task.get("Slot") or 0),
-                    node_id=str(task.get("NodeID") or ""),
-                    state=str(status.get("State") or ""),
-                    error=str(status.get("Err") or ""),
-                    addresses=addresses,
-                )
-            )
-        return sorted(found, key=lambda t: t.slot)
+    def update_service(
+        self,
+        name: str,
+        *,
+        replicas: int | None = None,
+        image: str | None = None,
+        container_labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        update: UpdatePolicy | None = None,
+    ) -> None:
+        """Change what is given and keep the rest of the service's spec (one update of its version)."""
+        current = self.api.inspect_service(name)
+        container_spec: dict[str, Any] = {}
+        if image is not None:
+            container_spec["Image"] = image
+        if container_labels is not None:
+            container_spec["Labels"] = container_labels
+        self.api.update_service(
+            name,
+            current["Version"]["Index"],
+            task_template={"ContainerSpec": container_spec} if container_spec else None,
+            labels=labels,
+            mode=docker.types.ServiceMode("replicated", replicas=replicas) if replicas is not None else None,
+            update_config=_update_config(update, docker.types.UpdateConfig) if update else None,
+            rollback_config=(
+                _update_config(update, docker.types.RollbackConfig, rollback=True) if update else None
+            ),
+            fetch_current_spec=True,
+        )
+
+    def service_tasks(self, service: str, *, desired: str | None = "running") -> list[TaskInfo]:
+        """The tasks of `service` the orchestrator wants in state `desired` (None: every task it
+        still keeps), with their overlay addresses."""
+        filters: dict[str, Any] = {"service": service}
+        if desired is not None:
+            filters["desired-state"] = desired
+        try:
+            found = self.api.tasks(filters=filters)
+        except docker.errors.APIError as exc:
+            if exc.status_code in (404, 503):  # no such service (any more), or no manager
+                return []
+            raise
+        return sorted((_task(entry) for entry in found), key=lambda t: (t.slot, t.timestamp))
 
     def remove_service(self, service: str) -> bool:
         try:
@@ -876,6 +931,71 @@ class Engine:
         except docker.errors.NotFound:
             return False
         return True
+
+
+def _service(entry: Mapping[str, Any]) -> ServiceInfo:
+    spec = entry.get("Spec") or {}
+    replicated = (spec.get("Mode") or {}).get("Replicated")
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    status = entry.get("UpdateStatus") or {}
+    return ServiceInfo(
+        id=str(entry.get("ID") or ""),
+        name=str(spec.get("Name") or ""),
+        labels=dict(spec.get("Labels") or {}),
+        replicas=int(replicated.get("Replicas") or 0) if replicated is not None else None,
+        image=str(container.get("Image") or ""),
+        container_labels=dict(container.get("Labels") or {}),
+        update_state=str(status.get("State") or ""),
+        update_message=str(status.get("Message") or ""),
+        version=int((entry.get("Version") or {}).get("Index") or 0),
+    )
+
+
+def _task(entry: Mapping[str, Any]) -> TaskInfo:
+    status = entry.get("Status") or {}
+    networks = {}
+    for attachment in entry.get("NetworksAttachments") or ():
+        name = str(((attachment.get("Network") or {}).get("Spec") or {}).get("Name") or "")
+        addresses = [str(a).split("/")[0] for a in attachment.get("Addresses") or ()]
+        if name and addresses:
+            networks[name] = addresses[0]
+    container = ((entry.get("Spec") or {}).get("ContainerSpec")) or {}
+    return TaskInfo(
+        slot=int(entry.get("Slot") or 0),
+        node_id=str(entry.get("NodeID") or ""),
+        state=str(status.get("State") or ""),
+        error=str(status.get("Err") or ""),
+        addresses=tuple(networks.values()),
+        id=str(entry.get("ID") or ""),
+        desired_state=str(entry.get("DesiredState") or ""),
+        container_id=str((status.get("ContainerStatus") or {}).get("ContainerID") or ""),
+        timestamp=str(status.get("Timestamp") or ""),
+        updated_at=str(entry.get("UpdatedAt") or ""),
+        image=str(container.get("Image") or ""),
+        container_labels=dict(container.get("Labels") or {}),
+        networks=networks,
+    )
+
+
+def _healthcheck(health: HealthCheck) -> docker.types.Healthcheck:
+    return docker.types.Healthcheck(
+        test=list(health.command),
+        interval=int(health.interval * NANO),
+        timeout=int(health.timeout * NANO),
+        retries=health.retries,
+        start_period=int(health.start_period * NANO),
+    )
+
+
+def _update_config(policy: UpdatePolicy, kind: Callable[..., Any], *, rollback: bool = False) -> Any:
+    """`update_config` (or, with `rollback`, `rollback_config`: it cannot roll back itself: pause)."""
+    return kind(
+        parallelism=policy.parallelism,
+        delay=int(policy.delay * NANO),
+        failure_action="pause" if rollback else policy.failure_action,
+        monitor=int(policy.monitor * NANO),
+        order=policy.order,
+    )
 
 
 # Pure helpers ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lab.progress import ProgressFn
 
@@ -116,6 +116,28 @@ class NestedEngineRequest:
 
 
 @dataclass(frozen=True)
+class UpdatePolicy:
+    """How a service replaces its tasks (`update_config`, and `rollback_config` on the way back)."""
+
+    parallelism: int = 1  # tasks replaced at a time
+    order: str = "start-first"  # the new task runs (and is healthy) before the old one stops
+    monitor: float = 5.0  # seconds a new task is watched for failure before the next batch
+    failure_action: str = "rollback"  # on a failed task: put the previous spec back
+    delay: float = 0.0  # seconds between batches
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A command run inside each task; Swarm reports a task running only once it passes."""
+
+    command: tuple[str, ...]  # e.g. ("CMD", "bash", "-c", script)
+    interval: float = 2.0  # seconds
+    timeout: float = 2.0
+    retries: int = 2
+    start_period: float = 30.0  # failures in the first seconds do not count
+
+
+@dataclass(frozen=True)
 class ServiceRequest:
     """A replicated swarm service: what `create_service` turns into one call."""
 
@@ -129,6 +151,11 @@ class ServiceRequest:
     max_per_node: int | None = None
     cap_add: tuple[str, ...] = ()
     container_labels: dict[str, str] = field(default_factory=dict)
+    health: HealthCheck | None = None
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    mem_limit: str = ""  # e.g. "128m"; "" for none
+    endpoint_mode: str = "vip"  # "dnsrr": no virtual IP (the lab's load balancer names each task)
+    stop_grace: float = 10.0  # seconds between the stop signal and SIGKILL
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,12 @@ class ServiceInfo:
     id: str
     name: str
     labels: dict[str, str]
+    replicas: int | None = None  # None for a global service
+    image: str = ""
+    container_labels: dict[str, str] = field(default_factory=dict)
+    update_state: str = ""  # updating, completed, paused, rollback_started, rollback_completed, ...
+    update_message: str = ""
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +180,14 @@ class TaskInfo:
     state: str  # new, pending, assigned, preparing, starting, running, failed, ...
     error: str
     addresses: tuple[str, ...]  # on the service's networks, without the prefix length
+    id: str = ""
+    desired_state: str = "running"  # "shutdown" once the orchestrator wants it gone
+    container_id: str = ""
+    timestamp: str = ""  # when it entered `state` (the node's clock), RFC 3339
+    updated_at: str = ""  # the manager's last change to the task (a new desired state, say)
+    image: str = ""
+    container_labels: dict[str, str] = field(default_factory=dict)
+    networks: dict[str, str] = field(default_factory=dict)  # network name -> its address there
 
 
 @dataclass(frozen=True)
@@ -291,3 +332,70 @@ class ContainerEngine(ImageEngine, Protocol):
         ...
 
     def remove_volumes(self, filters: Filters) -> int: ...
+
+    # Services (a lab on the swarm is one); `down` removes them like containers
+    def services(self, filters: Filters | None = None) -> list[ServiceInfo]:
+        """Swarm services matching `filters`; none when this engine is no swarm manager."""
+        ...
+
+    def service_tasks(self, service: str, *, desired: str | None = "running") -> list[TaskInfo]:
+        """The tasks of `service` (those the orchestrator wants in state `desired`; None: all)."""
+        ...
+
+    def remove_service(self, service: str) -> bool: ...
+
+
+class EventStream(Protocol):
+    """Events as the engine sends them (decoded), until `close()` (from any thread) ends the stream."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class SwarmEngine(ContainerEngine, Protocol):
+    """What a lab on a swarm needs besides containers: the manager's view, services, overlays, events.
+
+    `docker_ops.Engine` implements it; the unit tests use a fake (tests/unit/fake_swarm.py).
+    """
+
+    def swarm_state(self) -> dict[str, Any]:
+        """The `Swarm` part of `docker info` (lab.swarm.SwarmView reads it)."""
+        ...
+
+    def swarm_labels(self) -> dict[str, str]: ...
+
+    def swarm_init(self, advertise_addr: str, listen_addr: str, labels: dict[str, str]) -> str: ...
+
+    def swarm_leave(self) -> None: ...
+
+    def swarm_nodes(self) -> list[SwarmNode]: ...
+
+    def bridge_gateways(self) -> dict[str, str]: ...
+
+    def network(self, name: str) -> NetworkInfo | None: ...
+
+    def remove_networks(self, networks: Iterable[NetworkInfo], *, patience: float = 10.0) -> int: ...
+
+    def create_overlay_network(self, name: str, labels: dict[str, str], *, internal: bool = False) -> NetworkInfo:
+        """An attachable overlay: the service's tasks and plain containers of the manager join it."""
+        ...
+
+    def service(self, name: str) -> ServiceInfo | None: ...
+
+    def create_service(self, req: ServiceRequest) -> str: ...
+
+    def update_service(
+        self,
+        name: str,
+        *,
+        replicas: int | None = None,
+        image: str | None = None,
+        container_labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        update: UpdatePolicy | None = None,
+    ) -> None:
+        """Change what is given and leave the rest of the service's spec as it is."""
+        ...
+
+    def events(self, filters: Filters) -> EventStream: ...

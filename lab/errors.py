@@ -66,3 +66,7 @@ class RegistryError(LabError):
 
 class SwarmError(LabError):
     """The engine's swarm cannot be used as asked (not in swarm mode, a worker, locked, ...)."""
+
+
+class Conflict(LabError):
+    """Someone else changed the lab meanwhile; nothing was changed (read it again and retry)."""

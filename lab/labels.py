@@ -25,6 +25,13 @@ ROLE_FRONTEND_NET = "frontend"
 ROLE_SITE_IMAGE = "site-image"
 ROLE_REAPER = "reaper"
 ROLE_REAPER_IMAGE = "reaper-image"
+# An `--engine swarm` lab: its replicas are one service (on the swarm), each task a container on
+# some node, and a watcher container keeps the load balancer's upstream on the running tasks.
+ROLE_SERVICE = "web-service"
+ROLE_TASK = "task"  # a task's container (not "web": only a swarm node's engine manages it)
+ROLE_WATCHER = "watcher"
+ROLE_WATCHER_IMAGE = "watcher-image"
+ENGINE = "lab.engine"  # on a swarm lab's resources: "swarm"
 
 # Engine-wide resources, shared by every lab (no lab.name: `lab down` and the test sweep never
 # touch them): the local registry and the swarm nodes on this desk.

@@ -13,7 +13,10 @@ flag the spec gives.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -22,9 +25,9 @@ import requests
 
 from lab import labels
 from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest, ContainerState
-from lab.errors import InvalidInput, LabError, NotReady
+from lab.errors import Conflict, InvalidInput, LabError, NotReady
 from lab.progress import ProgressFn
-from lab.render import nginx_view, render_nginx_conf
+from lab.render import Server, nginx_view, render_nginx_conf
 from lab.spec import LabSpec, probe_host
 
 if TYPE_CHECKING:
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
 NGINX_CONF = "/etc/nginx/nginx.conf"
 SPEC_FILE = "/etc/nginx/lab-spec.json"
 _NEXT = ".next"  # a change is written beside what serves, tested, then moved into place
+# Two writers may change one load balancer at once (a swarm lab's watcher and a `lab` command):
+# each writes its own .next files, and the swap (compare, move, reload) happens under this lock.
+APPLY_LOCK = "/run/lab-apply.lock"
+CONFLICT = 3  # the swap's exit status when the spec changed under the caller
 # What nginx needs once every capability is dropped: bind port 80 (engines that keep ports below
 # 1024 privileged), switch to an unprivileged user, and hand its temp directories to that user
 # (the official image creates them at start).
@@ -44,6 +51,9 @@ _WORKERS = (
     "grep -l 'worker[ ]process' /proc/[0-9]*/cmdline 2>/dev/null; echo --; "
     "grep -l 'shutting[ ]down' /proc/[0-9]*/cmdline 2>/dev/null"
 )
+
+
+_SERVER_LINE = re.compile(r"^\s*server (\S+):\d+ ", re.MULTILINE)
 
 
 def spec_json(spec: LabSpec) -> str:
@@ -65,9 +75,38 @@ def lb_request(spec: LabSpec, image: str, network: str) -> ContainerRequest:
     )
 
 
-def servers(members: Sequence[Member]) -> list[tuple[str, int]]:
-    """The upstream's (host, slot) pairs for `members`."""
-    return [(m.host, m.slot) for m in members]
+def servers(members: Sequence[Member]) -> list[Server]:
+    """The upstream's (host, slot, what) for `members`: a task on a node says so."""
+    return [
+        (m.host, m.slot, f"task {m.name} on node {m.node}" if m.node else f"container {m.host}")
+        for m in members
+    ]
+
+
+def spec_digest(spec: LabSpec) -> str:
+    """What `apply(..., based_on=spec)` compares the stored spec with."""
+    return hashlib.sha256(spec_json(spec).encode()).hexdigest()
+
+
+def upstream_hosts(config: str) -> list[str]:
+    """The hosts of the `server` lines of a rendered config, in order (what nginx balances over)."""
+    return [m.group(1) for m in _SERVER_LINE.finditer(config)]
+
+
+def swap_script(moves: Sequence[tuple[str, str]], expected_digest: str | None) -> str:
+    """The shell script that puts tested files in place and reloads, under the apply lock: with
+    `expected_digest`, only if the stored spec is still the one the change was based on."""
+    check = (
+        f'[ "$(sha256sum < {SPEC_FILE} | cut -d" " -f1)" = "{expected_digest}" ] || exit {CONFLICT}; '
+        if expected_digest
+        else ""
+    )
+    swap = " && ".join(f"mv {source} {target}" for source, target in moves)
+    script = f"{check}{swap} && nginx -s reload"
+    return (
+        f"if command -v flock >/dev/null; then exec flock {APPLY_LOCK} sh -c '{script}'; "
+        f"else sh -c '{script}'; fi"
+    )
 
 
 def render(spec: LabSpec, members: Sequence[Member] | None = None) -> tuple[str, str]:
@@ -181,15 +220,25 @@ class LoadBalancer:
         return self.engine.log_lines(self.container, since)
 
     # Changing what it serves -------------------------------------------------------------------
-    def apply(self, spec: LabSpec, members: Sequence[Member], *, timeout: float = 10.0) -> str:
+    def apply(
+        self,
+        spec: LabSpec,
+        members: Sequence[Member],
+        *,
+        timeout: float = 10.0,
+        based_on: LabSpec | None = None,
+    ) -> str:
         """Balance over `members` as `spec` says: render, `nginx -t`, then a graceful reload.
 
         The config and the spec are written side by side, tested, and moved into place together;
-        a config that fails the test is never installed (the old one keeps serving). Returns the
-        new config's generation once fresh workers serve it.
+        a config that fails the test is never installed (the old one keeps serving). With
+        `based_on`, the change is made only if the stored spec is still that one, else Conflict
+        (nothing changed): a writer that read the spec earlier never undoes another's change.
+        Returns the new config's generation once fresh workers serve it.
         """
         config, generation = render(spec, members)
-        conf_next, spec_next = NGINX_CONF + _NEXT, SPEC_FILE + _NEXT
+        suffix = f"{_NEXT}-{secrets.token_hex(4)}"  # each writer its own files
+        conf_next, spec_next = NGINX_CONF + suffix, SPEC_FILE + suffix
         self.engine.put_files(self.container, {conf_next: config, spec_next: spec_json(spec)})
         # One exec tests the config and lists the workers the reload will replace.
         code, output = self.engine.exec(
@@ -201,14 +250,20 @@ class LoadBalancer:
                 "the new nginx config failed `nginx -t`; the old one keeps serving", detail=output
             )
         old = _active(output.partition("==")[2])
-        code, output = self.engine.exec(
-            self.container,
-            ["sh", "-c", f"mv {conf_next} {NGINX_CONF} && mv {spec_next} {SPEC_FILE} && nginx -s reload"],
-        )
+        expected = spec_digest(based_on) if based_on is not None else None
+        script = swap_script([(conf_next, NGINX_CONF), (spec_next, SPEC_FILE)], expected)
+        code, output = self.engine.exec(self.container, ["sh", "-c", script])
+        if code == CONFLICT and expected is not None:
+            self.engine.exec(self.container, ["rm", "-f", conf_next, spec_next])
+            raise Conflict(f"the spec of {self.name} changed meanwhile; nothing was changed")
         if code != 0:
             raise LabError("nginx did not accept the reload signal", detail=output)
         self._wait_for_new_workers(old, timeout)
         return generation
+
+    def upstream(self) -> list[str]:
+        """The hosts its config balances over now."""
+        return upstream_hosts(self.config())
 
     def active_workers(self) -> set[str]:
         """The /proc entries of nginx workers that take new connections (not the old, draining ones)."""

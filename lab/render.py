@@ -7,7 +7,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -30,6 +30,12 @@ class Backend:
     port: int
     weight: int = 1
     backup: bool = False
+    # What the server is, for the comment above it ("container lab-web-1", a swarm task): not part
+    # of the generation, which names what nginx does.
+    what: str = field(default="", repr=False)
+
+
+Server = tuple[str, int] | tuple[str, int, str]  # (host, slot) or (host, slot, what it is)
 
 
 # What nginx 1.22 (64-bit, 4 KiB pages) puts in an upstream's shared `zone`, read from
@@ -157,19 +163,27 @@ def method_directive(spec: LabSpec) -> str:
     return f"{spec.algorithm};"
 
 
-def nginx_view(spec: LabSpec, servers: Sequence[tuple[str, int]] | None = None) -> NginxView:
+def nginx_view(spec: LabSpec, servers: Sequence[Server] | None = None) -> NginxView:
     """Decide what the config for `spec` says about `servers`: (host, slot) pairs in upstream
     order, by default every slot of the spec under its first replica's name. Each server's weight
-    and backup flag are its slot's, so they follow a replica through scale and deploy."""
-    chosen = servers if servers is not None else [(spec.replica_name(i), i) for i in spec.indices()]
+    and backup flag are its slot's, so they follow a replica through scale and deploy. A third
+    element says what the server is (a swarm task and its node); else it is a container."""
+    chosen: Sequence[Server] = (
+        servers if servers is not None else [(spec.replica_name(i), i) for i in spec.indices()]
+    )
     comment = _METHOD_COMMENTS[spec.algorithm]
     if spec.algorithm == "hash":
         comment += f" (key {spec.hash_key}{', consistent hashing' if spec.consistent else ''})"
     backends = tuple(
         Backend(
-            index=slot, host=host, port=BACKEND_PORT, weight=spec.weight_of(slot), backup=spec.backup == slot
+            index=server[1],
+            host=server[0],
+            port=BACKEND_PORT,
+            weight=spec.weight_of(server[1]),
+            backup=spec.backup == server[1],
+            what=server[2] if len(server) > 2 else f"container {server[0]}",
         )
-        for host, slot in chosen
+        for server in chosen
     )
     if backends and all(b.backup for b in backends):  # nginx wants a server besides the backup
         backends = tuple(replace(b, backup=False) for b in backends)

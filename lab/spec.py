@@ -23,6 +23,9 @@ MAX_REPLICAS_WHY = (
     "the most one lab is sized and tested for (the load balancer's shared memory is sized for it, "
     "and every replica is a container of up to 128 MB on one engine)"
 )
+# Where the replicas run: containers on this engine, or a replicated service of this engine's swarm.
+ENGINES = ("docker", "swarm")
+DEFAULT_ENGINE = "docker"
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "random_two")
 DEFAULT_HASH_KEY = "$http_x_client_id"
 # nginx refuses a backup server with these methods.
@@ -51,6 +54,7 @@ class LabSpec:
     backup: int | None = None  # the replica slot (from 1) used only when all others are down
     max_fails: int = 1
     fail_timeout: int = 10  # seconds
+    engine: str = DEFAULT_ENGINE  # docker: one container per replica; swarm: one service, a task per replica
 
     @classmethod
     def create(
@@ -68,6 +72,7 @@ class LabSpec:
         backup: object = None,
         max_fails: object = 1,
         fail_timeout: object = 10,
+        engine: object = DEFAULT_ENGINE,
         check_site: bool = True,
     ) -> LabSpec:
         """Validate raw values (from a command line or a test) into a spec, or raise InvalidInput."""
@@ -86,6 +91,7 @@ class LabSpec:
             backup=parse_backup(backup, n, method),
             max_fails=parse_int_in_range(max_fails, "max-fails", 0, 100),
             fail_timeout=parse_int_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
+            engine=parse_engine(engine),
         )
 
     def with_changes(self, **changes: object) -> LabSpec:
@@ -106,6 +112,7 @@ class LabSpec:
             "backup": self.backup,
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
+            "engine": self.engine,
         }
         values.update(changes)
         return LabSpec.create(**values, check_site=False)
@@ -139,6 +146,7 @@ class LabSpec:
             "backup": self.backup,
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
+            "engine": self.engine,
         }
 
     @classmethod
@@ -157,6 +165,11 @@ class LabSpec:
 
     def replica_names(self) -> list[str]:
         return [self.replica_name(i) for i in self.indices()]
+
+    @property
+    def service_name(self) -> str:
+        """The swarm service of an `--engine swarm` lab: its tasks are named replica_name(slot)."""
+        return f"{self.name}-web"
 
     @property
     def lb_name(self) -> str:
@@ -258,6 +271,16 @@ def parse_replicas(value: object) -> int:
     if n < 1:
         raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}, not {n}")
     return n
+
+
+def parse_engine(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ENGINES:
+        raise InvalidInput(
+            f"unknown engine {str(value)!r}; choose docker (containers on this engine) or swarm "
+            "(a replicated service on this engine's swarm)"
+        )
+    return text
 
 
 def parse_port(value: object) -> int:

@@ -16,7 +16,7 @@ from lab.errors import SwarmError
 from lab.progress import ProgressFn, quiet
 
 if TYPE_CHECKING:
-    from lab.docker_ops import Engine
+    from lab.engine import SwarmEngine as Engine
 
 SWARM_PORT = 2377
 DEFAULT_BRIDGE = "bridge"  # the engine's docker0: its gateway is the address the manager advertises

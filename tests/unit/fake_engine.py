@@ -10,6 +10,8 @@ swap-and-reload, the worker listings) and nothing else. Knobs make things fail (
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,8 +26,11 @@ from lab.engine import (
     Endpoint,
     Filters,
     NetworkInfo,
+    ServiceInfo,
+    TaskInfo,
 )
 from lab.errors import LabError, NameInUse
+from lab.loadbalancer import SPEC_FILE
 from lab.progress import ProgressFn
 
 
@@ -218,9 +223,13 @@ class FakeEngine:
             # As the shell does: the script's status is its last command's (grep finding nothing: 1).
             return (0 if text.rstrip().endswith("exit 0") else 1), f"==\n{self._workers(found)}"
         if "nginx -s reload" in text:
-            script = command[2].split("&&")
-            for step in script[:-1]:
-                _, source, target = step.split()
+            script = text.split("'")[1]  # the swap, as the lock runs it (lab.loadbalancer.swap_script)
+            check = re.search(r'= "([0-9a-f]{64})" \] \|\| exit (\d+)', script)
+            if check:
+                stored = hashlib.sha256(found.files.get(SPEC_FILE, "").encode()).hexdigest()
+                if stored != check.group(1):
+                    return int(check.group(2)), ""
+            for source, target in re.findall(r"mv (\S+) (\S+)", script):
                 found.files[target] = found.files.pop(source)
             found.workers += 1
             self.events.append(f"reload {found.name}")
@@ -293,6 +302,16 @@ class FakeEngine:
 
     def remove_volumes(self, filters: Filters) -> int:
         return 0
+
+    # Services: this fake engine is in no swarm ---------------------------------------------------------
+    def services(self, filters: Filters | None = None) -> list[ServiceInfo]:
+        return []
+
+    def service_tasks(self, service: str, *, desired: str | None = "running") -> list[TaskInfo]:
+        return []
+
+    def remove_service(self, service: str) -> bool:
+        return False
 
     # Images ------------------------------------------------------------------------------------------
     def image_exists(self, ref: str) -> bool:
