@@ -272,12 +272,19 @@ class Engine:
             raise
         return NetworkInfo(str(created["Id"]), name, dict(labels), internal)
 
-    def create_overlay_network(self, name: str, labels: dict[str, str], *, internal: bool = False) -> NetworkInfo:
+    def create_overlay_network(
+        self, name: str, labels: dict[str, str], *, internal: bool = False
+    ) -> NetworkInfo:
         """An attachable overlay network: services and plain containers of this engine can join.
         Internal: no route out for what is on it (tasks then get no docker_gwbridge endpoint)."""
         try:
             created = self.api.create_network(
-                name, driver="overlay", attachable=True, internal=internal, labels=labels, check_duplicate=True
+                name,
+                driver="overlay",
+                attachable=True,
+                internal=internal,
+                labels=labels,
+                check_duplicate=True,
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:

@@ -377,7 +377,9 @@ class SwarmEngine(ContainerEngine, Protocol):
 
     def remove_networks(self, networks: Iterable[NetworkInfo], *, patience: float = 10.0) -> int: ...
 
-    def create_overlay_network(self, name: str, labels: dict[str, str], *, internal: bool = False) -> NetworkInfo:
+    def create_overlay_network(
+        self, name: str, labels: dict[str, str], *, internal: bool = False
+    ) -> NetworkInfo:
         """An attachable overlay: the service's tasks and plain containers of the manager join it."""
         ...
 

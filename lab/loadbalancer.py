@@ -242,7 +242,8 @@ class LoadBalancer:
         self.engine.put_files(self.container, {conf_next: config, spec_next: spec_json(spec)})
         # One exec tests the config and lists the workers the reload will replace.
         code, output = self.engine.exec(
-            self.container, ["sh", "-c", f"nginx -t -q -c {conf_next} 2>&1 || exit 1; echo ==; {_WORKERS}; exit 0"]
+            self.container,
+            ["sh", "-c", f"nginx -t -q -c {conf_next} 2>&1 || exit 1; echo ==; {_WORKERS}; exit 0"],
         )
         if code != 0:
             self.engine.exec(self.container, ["rm", "-f", conf_next, spec_next])
