@@ -24,6 +24,7 @@ from lab.errors import ExitCode, InvalidInput, LabError  # noqa: E402
 from lab.spec import (  # noqa: E402
     ALGORITHMS,
     DEFAULT_BIND,
+    DEFAULT_ENGINE,
     DEFAULT_NAME,
     DEFAULT_PORT,
     DEFAULT_REPLICAS,
@@ -103,16 +104,29 @@ def cli() -> None:
 @click.option(
     "--ttl", default=None, help="Remove the lab by itself after this long: 30m, 2h, 1h30m (10s to 7d)."
 )
+@click.option(
+    "--engine",
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    help="docker: a container per replica on this engine; swarm: a replicated service on this engine's swarm.",
+)
+@click.option(
+    "--init",
+    is_flag=True,
+    help="--engine swarm: make this engine a swarm manager if it is in no swarm (the last `lab down` leaves it).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took.")
 def up(
-    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, timings: bool,
-    **balance: object,
+    name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, engine: str, init: bool,
+    quiet: bool, timings: bool, **balance: object,
 ) -> None:  # fmt: skip
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
-        name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
+        name=name, replicas=replicas, port=port, bind=bind, site=site, engine=engine, **_balance(**balance)
     )
+    if init and spec.engine != "swarm":
+        raise InvalidInput("--init is for --engine swarm (it makes this engine a swarm manager)")
     seconds = parse_ttl(ttl) if ttl is not None else None
     from lab import orchestrator, ui
     from lab.progress import Timings
@@ -120,9 +134,9 @@ def up(
     record = Timings()
     record.add("imports", time.perf_counter() - _STARTED)
     with record.phase("engine connect"):
-        engine = _connect()
+        docker_engine = _connect()
     with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
-        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds, timings=record)
+        lab_status = orchestrator.up(docker_engine, spec, progress, ttl=seconds, timings=record, init=init)
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
     if lab_status.stuck_networks:
@@ -155,12 +169,15 @@ def down(name: str) -> None:
     if removed.nothing:
         ui.out.print(f"nothing to remove: there is no lab named {name!r}")
         return
+    service = {0: "", 1: "1 service, "}.get(removed.services, f"{removed.services} services, ")
     ui.out.print(
-        f"removed lab {name}: {removed.containers} containers, {removed.networks} networks, "
+        f"removed lab {name}: {service}{removed.containers} containers, {removed.networks} networks, "
         f"{removed.volumes} volumes"
     )
     for line in orchestrator.leftover_lines(removed.left):
         ui.note(line)
+    if removed.swarm:
+        ui.out.print(removed.swarm)
     if removed.running:
         raise LabError(f"lab {name!r} still runs: {', '.join(removed.running)} could not be removed")
 

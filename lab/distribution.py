@@ -30,17 +30,24 @@ def method_for(engine: Engine) -> str:
 
 
 def deliver(
-    engine: Engine, image: str, *, method: str | None = None, progress: ProgressFn = quiet
+    engine: Engine,
+    image: str,
+    *,
+    method: str | None = None,
+    progress: ProgressFn = quiet,
+    skip_present: bool = False,
 ) -> Delivered:
     """Make `image` present on every running node.
 
     With "registry", `image` must be a reference into the lab registry (127.0.0.1:PORT/...);
     nodes pull it in parallel through their forwarders. With "save-load", the host engine's
     export is streamed into each node's `docker load`, one node at a time (the host's disk is
-    the bottleneck either way).
+    the bottleneck either way). With `skip_present`, nodes that hold `image` already are left out.
     """
     chosen = method or method_for(engine)
     targets = [c for c in nodes.node_containers(engine) if c.status == "running"]
+    if skip_present:
+        targets = [c for c in targets if not has_image(engine, c, image)]
     began = time.monotonic()
     if chosen == "registry":
         nodes.wire_registries(engine, targets)
@@ -55,6 +62,12 @@ def deliver(
         raise ValueError(f"unknown delivery method {chosen!r}")
     progress(f"{image} is on {len(targets)} nodes", 1.0)
     return Delivered(image, chosen, timings, time.monotonic() - began)
+
+
+def has_image(engine: Engine, container: ContainerInfo, image: str) -> bool:
+    """Whether the engine inside node `container` holds `image`."""
+    code, _ = engine.exec(container, ["docker", "image", "inspect", "--format", "{{.Id}}", image])
+    return code == 0
 
 
 def _pull(engine: Engine, container: ContainerInfo, image: str) -> tuple[str, float]:

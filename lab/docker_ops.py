@@ -954,6 +954,7 @@ def _service(entry: Mapping[str, Any]) -> ServiceInfo:
         container_labels=dict(container.get("Labels") or {}),
         update_state=str(status.get("State") or ""),
         update_message=str(status.get("Message") or ""),
+        update_started=str(status.get("StartedAt") or ""),
         version=int((entry.get("Version") or {}).get("Index") or 0),
     )
 

@@ -168,6 +168,7 @@ class ServiceInfo:
     container_labels: dict[str, str] = field(default_factory=dict)
     update_state: str = ""  # updating, completed, paused, rollback_started, rollback_completed, ...
     update_message: str = ""
+    update_started: str = ""  # when the last rolling update began (RFC 3339)
     version: int = 0
 
 

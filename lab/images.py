@@ -76,12 +76,14 @@ NGINX = StandIn(
     versioned_by="nginx",
     official=OFFICIAL_NGINX,
 )
-# The reaper's Python (lab/reaper.py builds its image on top): Debian's python3, stdlib only.
+# The Python of the reaper and of a swarm lab's watcher (lab/reaper.py, lab/watcher.py build
+# their images on top): Debian's python3; the watcher runs lab's own code, hence docker, jinja2
+# and requests from Debian too (the reaper's agent uses the standard library only).
 PYTHON_ROOTFS = StandIn(
     name="python",
     tag="",  # no image of its own: only the root file system is used
-    rootfs=f"lab/debian-python-rootfs:{SUITE}",
-    packages=("python3",),
+    rootfs=f"lab/debian-python-rootfs:{SUITE}-docker-jinja2",
+    packages=("python3", "python3-docker", "python3-jinja2", "python3-requests"),
     versioned_by="python3",
     official="",
 )

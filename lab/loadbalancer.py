@@ -179,6 +179,14 @@ class LoadBalancer:
         finally:
             engine.remove_containers([container])
 
+    def prime(self, spec: LabSpec, members: Sequence[Member]) -> None:
+        """Before its first start: the config for `members`, if it is not the one it was created with
+        (a swarm's tasks are named by address, known only once they run; it was tested at `create`'s
+        side, and these differ only in the servers' addresses)."""
+        config = render(spec, members)[0]
+        if config != render(spec)[0]:
+            self.engine.put_files(self.container, {NGINX_CONF: config, SPEC_FILE: spec_json(spec)})
+
     def start(self, spec: LabSpec, progress: ProgressFn) -> None:
         progress("starting the load balancer", None)
         try:

@@ -12,13 +12,14 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lab import labels
+from lab import labels, swarm
 from lab import reaper as reapers
-from lab.engine import ContainerEngine, NetworkInfo
-from lab.errors import InvalidInput, LabError
+from lab import watcher as watchers
+from lab.engine import ContainerEngine, ContainerInfo, NetworkInfo
+from lab.errors import InvalidInput, LabError, SwarmError
 from lab.images import ensure_base_images
 from lab.loadbalancer import LoadBalancer, render
 from lab.progress import EventFn, ProgressFn, Timings, as_progress, quiet
@@ -26,11 +27,14 @@ from lab.replicas import ContainerReplicas, ReplicaBackend, SiteImage, create_ne
 from lab.results import LabStatus, Leftover, MemberStatus, Removed
 from lab.site import ensure_site_image, site_version
 from lab.spec import LabSpec, parse_int_in_range, parse_replicas, parse_site, parse_version_tag, resize_notes
-from lab.undo import sigint_ignored
+from lab.swarm_replicas import SwarmReplicas, as_swarm
+from lab.taskwatch import last_change
+from lab.undo import Undo, sigint_ignored, undo_on_failure
 
 RUNNING_STATES = ("running", "restarting", "paused")
 ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 # Why a network of a lab stays behind when nothing of the lab is on it any more.
+SERVICE_PATIENCE = 40.0  # seconds a swarm lab's overlay may stay in use while its tasks stop (10 s grace)
 STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
 
 
@@ -43,26 +47,33 @@ def up(
     timeout: float = 60.0,
     ttl: int | None = None,
     timings: Timings | None = None,
+    init: bool = False,
 ) -> LabStatus:
     """Build and start the lab; return once every replica has answered through the load balancer.
 
     With `ttl` (seconds), a reaper removes the lab that long after it came up. On any failure,
     and on Ctrl-C, everything this call created is removed again. `timings` records each phase.
+    A swarm lab (`spec.engine`) needs this engine to be a swarm manager; with `init` it is made
+    one if it is in no swarm (and left again if this call fails).
     """
     phase = (timings or Timings()).phase
+    on_swarm = spec.engine == "swarm"
     with phase("checks"):
         _refuse_if_present(engine, spec)
         _refuse_if_port_taken(spec.bind, spec.port)
+        if on_swarm:
+            swarm_check(engine, init=init)  # refused before anything is built or made
     if ttl is not None:
         with phase("reaper image"):
             reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
     with phase("image check"):
         base = ensure_base_images(engine, progress=progress)
         ref, version = ensure_site_image(engine, spec.site, base.httpd, progress)
+        watcher_image = watchers.ensure_image(engine, progress) if on_swarm else ""
     config = render(spec)[0]
-    with rollback_on_failure(engine, spec.name):
+    with undo_on_failure() as undo, rollback_on_failure(engine, spec.name):
         with phase("networks"):
-            backend = ContainerReplicas.prepare(engine, spec)
+            backend = _prepare_backend(engine, spec, init=init, undo=undo, progress=progress)
             frontend = create_network(
                 engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
             )
@@ -88,9 +99,14 @@ def up(
             members = backend.start(spec, SiteImage(ref, version), progress, beside=prepared)
             lb = prepared.result()
         with phase("load balancer start"):
+            lb.prime(spec, members)  # a swarm's tasks are named by address: known only now
             lb.start(spec, progress)
+        if on_swarm:
+            with phase("watcher start"):
+                watchers.start(engine, spec.name, watcher_image, progress)
         with phase("readiness"):
-            lb.wait_serving(spec, [m.name for m in members], progress, deadline=time.monotonic() + timeout)
+            names = list(dict.fromkeys(m.name for m in members))
+            lb.wait_serving(spec, names, progress, deadline=time.monotonic() + timeout)
         if ttl is not None:
             progress("starting the reaper that removes the lab when its time is up", None)
             with phase("reaper start"):
@@ -100,6 +116,21 @@ def up(
         return status(
             engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]}
         )
+
+
+def swarm_check(engine: ContainerEngine, *, init: bool) -> None:
+    """Refuse (one line) an engine a swarm lab cannot use: a worker, a locked swarm, no swarm without `init`."""
+    reason = swarm.refusal(swarm.view(as_swarm(engine)), init=init)
+    if reason is not None:
+        raise SwarmError(reason)
+
+
+def _prepare_backend(
+    engine: ContainerEngine, spec: LabSpec, *, init: bool, undo: Undo, progress: ProgressFn
+) -> ReplicaBackend:
+    if spec.engine == "swarm":
+        return SwarmReplicas.prepare(engine, spec, init=init, undo=undo, progress=progress)
+    return ContainerReplicas.prepare(engine, spec)
 
 
 def _refuse_if_present(engine: ContainerEngine, spec: LabSpec) -> None:
@@ -160,8 +191,10 @@ class RunningLab:
         return next((i for i, n in enumerate(names, start=1) if self.slots.get(n) == self.spec.backup), None)
 
 
-def backend_of(engine: ContainerEngine, name: str, lb: LoadBalancer) -> ReplicaBackend:
-    """How lab `name`'s replicas run (containers on this engine; a swarm service is next)."""
+def backend_of(engine: ContainerEngine, name: str, lb: LoadBalancer, spec: LabSpec) -> ReplicaBackend:
+    """How lab `name`'s replicas run: containers on this engine, or a swarm service's tasks."""
+    if spec.engine == "swarm":
+        return SwarmReplicas.find(engine, name, lb.container)
     return ContainerReplicas.find(engine, name, lb.container)
 
 
@@ -172,10 +205,11 @@ def find_running(engine: ContainerEngine, name: str) -> RunningLab:
         raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
     if lb.container.status != "running":
         raise LabError(f"the load balancer of lab {name!r} is {lb.container.status}, not running")
-    backend = backend_of(engine, name, lb)
+    spec = lb.spec()
+    backend = backend_of(engine, name, lb, spec)
     replicas = backend.replicas()
-    running = [m.name for m in replicas if m.status == "running"]
-    return RunningLab(lb.spec(), lb, backend, running, {m.name: m.slot for m in replicas})
+    running = list(dict.fromkeys(m.name for m in replicas if m.status == "running"))
+    return RunningLab(spec, lb, backend, running, {m.name: m.slot for m in replicas})
 
 
 # Scale and deploy ----------------------------------------------------------------------------
@@ -273,14 +307,22 @@ def remove_lab(engine: ContainerEngine, name: str, *, patience: float = 10.0) ->
     one the engine still counts an endpoint on: `Removed.left` says which and why.
     """
     selector = labels.lab_filter(name)
-    found = engine.containers(selector)
+    # A swarm lab's service goes first: its tasks' containers are Swarm's to stop (a task container
+    # removed while its service exists comes back as a new task), and its overlay is free only
+    # once they are gone, on every node.
+    services = engine.services(selector)
+    for service in services:
+        engine.remove_service(service.name)
+    if services:
+        patience = max(patience, SERVICE_PATIENCE)
+    found = [c for c in engine.containers(selector) if c.labels.get(labels.ROLE) != labels.ROLE_TASK]
     # Docker 20.10 keeps a count of each network's endpoints, and releases of several endpoints
     # of one network at once can leave it one too high: the network then stays "in use" until the
     # engine restarts. So endpoints are released one at a time, and only the removal is parallel.
     for container in found:
         engine.release_endpoints(container)
     containers = engine.remove_containers(found)
-    kept = engine.wait_gone(selector, timeout=30.0 if found else 0.0)
+    kept = engine.wait_gone(selector, timeout=30.0 if found or services else 0.0)
     ours = {c.id for c in found} | {c.id for c in kept}
     left = [Leftover("container", c.name, f"the engine did not remove it (it is {c.status})") for c in kept]
     networks = 0
@@ -289,7 +331,7 @@ def remove_lab(engine: ContainerEngine, name: str, *, patience: float = 10.0) ->
         reason = _held_by(engine, on_it, ours, {c.id for c in kept})
         if not reason:
             # Just after its containers went, the engine may need a moment to release their endpoints.
-            reason = engine.remove_network(network, patience=patience if found else 0.5)
+            reason = engine.remove_network(network, patience=patience if found or services else 0.5)
             if ACTIVE_ENDPOINTS in reason:
                 reason = STUCK
         if reason:
@@ -298,7 +340,7 @@ def remove_lab(engine: ContainerEngine, name: str, *, patience: float = 10.0) ->
             networks += 1
     volumes = engine.remove_volumes(selector)
     running = tuple(c.name for c in kept if c.status in RUNNING_STATES)
-    return Removed(containers, networks, volumes, tuple(left), running)
+    return Removed(containers, networks, volumes, tuple(left), running, services=len(services))
 
 
 def _held_by(engine: ContainerEngine, on_it: dict[str, str], ours: set[str], kept: set[str]) -> str:
@@ -317,7 +359,13 @@ def _held_by(engine: ContainerEngine, on_it: dict[str, str], ours: set[str], kep
 
 
 def down(engine: ContainerEngine, name: str) -> Removed:
-    return remove_lab(engine, name)
+    """Remove lab `name`. The last swarm lab on a swarm the lab initialised leaves it again, unless
+    something else uses it (nodes, services, overlays: `Removed.swarm` says which)."""
+    removed = remove_lab(engine, name)
+    if removed.services and swarm.initialised_by_lab(as_swarm(engine)):
+        released = swarm.release_if_unused(as_swarm(engine))
+        return replace(removed, swarm=released.reason)
+    return removed
 
 
 def leftover_lines(left: tuple[Leftover, ...]) -> list[str]:
@@ -337,19 +385,26 @@ def stuck_note(lab: str, stuck: tuple[Leftover, ...]) -> str:
 # Status ---------------------------------------------------------------------------------
 def status(engine: ContainerEngine, name: str, *, known: dict[str, str] | None = None) -> LabStatus:
     """What runs for lab `name`; each running container is asked whether it answers HTTP,
-    unless its health is already `known`."""
+    unless its health is already `known`. A swarm lab's replicas are its service's tasks, each
+    with the node it runs on (a running task has passed its health check)."""
     containers = engine.containers(labels.lab_filter(name))
     found_networks = engine.networks(labels.lab_filter(name))
+    services = engine.services(labels.lab_filter(name, labels.ROLE_SERVICE))
     networks = tuple(sorted(n.name for n in found_networks))
-    if not containers and not networks:
+    if not containers and not networks and not services:
         raise LabError(f"there is no lab named {name!r}; start one with `lab up --name {name}`")
     stuck = _stuck_networks(engine, found_networks, {c.id for c in containers})
     lb_container = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_LB), None)
     lb = LoadBalancer(engine, lb_container) if lb_container else None
     spec = lb.spec() if lb else None
     reaper = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_REAPER), None)
+    watcher = next((c for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WATCHER), None)
     checks = known if known is not None else probe_all(engine, [lb_container] if lb_container else [])
-    backend = ContainerReplicas(engine, name, "")  # status lists replicas whatever network they are on
+    backend: ReplicaBackend
+    if services:
+        backend = SwarmReplicas(as_swarm(engine), name, "", services[0].name)
+    else:
+        backend = ContainerReplicas(engine, name, "")  # status lists replicas whatever network they are on
     return LabStatus(
         name=name,
         url=spec.url if spec else "",
@@ -359,6 +414,21 @@ def status(engine: ContainerEngine, name: str, *, known: dict[str, str] | None =
         networks=networks,
         stuck_networks=stuck,
         expires_at=reapers.expires_at(reaper.labels) if reaper else None,
+        engine="swarm" if services or (spec is not None and spec.engine == "swarm") else "docker",
+        watcher=_watcher_status(watcher) if watcher else None,
+        upstream_change=last_change(engine.logs(watcher, tail=200)) if watcher else None,
+    )
+
+
+def _watcher_status(container: ContainerInfo) -> MemberStatus:
+    return MemberStatus(
+        name=container.name,
+        role=labels.ROLE_WATCHER,
+        index=0,
+        state=container.status,
+        health="-",
+        image=container.image,
+        site_version="",
     )
 
 

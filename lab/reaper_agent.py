@@ -158,6 +158,14 @@ def reap(engine: Engine, label_filters: list[str], keep: set[str], self_name: st
     def kept(found: object) -> bool:
         return isinstance(found, dict) and found.get("lab.name", "") in keep
 
+    # A swarm lab's service first: its tasks' containers are Swarm's, and would come back (an engine
+    # that is no swarm manager answers with an error message: nothing to remove then).
+    services = 0
+    for item in _services(engine, filters):
+        spec = item.get("Spec")
+        if isinstance(spec, dict) and not kept(spec.get("Labels")):
+            status, _ = engine.delete(f"/services/{item['ID']}")
+            services += status in (200, 204)
     containers = 0
     for item in _list(engine.json("/containers/json", {"all": "1", "filters": filters})):
         names = [str(n).lstrip("/") for n in _list_of(item.get("Names"))]
@@ -168,7 +176,8 @@ def reap(engine: Engine, label_filters: list[str], keep: set[str], self_name: st
     networks = 0
     for item in _list(engine.json("/networks", {"filters": filters})):
         if not kept(item.get("Labels")):
-            networks += _remove_network(engine, str(item["Id"]))
+            # An overlay stays "in use by task" until the removed service's tasks have stopped.
+            networks += _remove_network(engine, str(item["Id"]), patience=45.0 if services else 15.0)
     volumes = 0
     listed = engine.json("/volumes", {"filters": filters})
     for item in _list(listed.get("Volumes") if isinstance(listed, dict) else None):
@@ -176,6 +185,14 @@ def reap(engine: Engine, label_filters: list[str], keep: set[str], self_name: st
             status, _ = engine.delete(f"/volumes/{item['Name']}", {"force": "1"})
             volumes += status == 204
     return containers, networks, volumes
+
+
+def _services(engine: Engine, filters: str) -> list[dict[str, object]]:
+    """The services the filters select; none when the engine is no swarm manager (it answers 503)."""
+    try:
+        return _list(engine.json("/services", {"filters": filters}))
+    except EngineError:
+        return []
 
 
 def _list(value: object) -> list[dict[str, object]]:

@@ -137,6 +137,9 @@ class LabStatus:
     networks: tuple[str, ...]  # every network labelled for the lab
     stuck_networks: tuple[Leftover, ...] = ()  # those nothing of the lab is on, and why they stay
     expires_at: float | None = None  # UNIX time a `--ttl` lab removes itself
+    engine: str = "docker"  # docker: containers on this engine; swarm: a service's tasks on its nodes
+    watcher: MemberStatus | None = None  # a swarm lab's watcher (keeps the upstream on the tasks)
+    upstream_change: dict[str, object] | None = None  # the watcher's last change of the upstream
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -149,10 +152,12 @@ class Removed:
     volumes: int
     left: tuple[Leftover, ...] = ()  # what could not be removed, and why
     running: tuple[str, ...] = ()  # containers of the lab that still run
+    services: int = 0  # swarm services (a swarm lab has one)
+    swarm: str = ""  # what became of a swarm the lab had initialised, once its last lab went
 
     @property
     def nothing(self) -> bool:
-        return not (self.containers or self.networks or self.volumes or self.left)
+        return not (self.containers or self.networks or self.volumes or self.left or self.services)
 
 
 # `lab experiment` -------------------------------------------------------------------------------

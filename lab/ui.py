@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +17,7 @@ from lab.describe import describe
 from lab.errors import ExitCode
 from lab.progress import ProgressFn
 from lab.results import ExperimentResult, LabStatus, MemberStatus, NodeInfo, RegistryStatus, VerifyResult
+from lab.spec import format_duration
 
 out = Console()
 err = Console(stderr=True)
@@ -73,29 +76,64 @@ _STATE_STYLE = {
 
 
 def status_table(lab: LabStatus) -> Table:
+    on_swarm = lab.engine == "swarm"
     table = Table(
-        title=f"lab {lab.name}  {lab.url}  ({lab.algorithm or 'unknown method'})", title_justify="left"
+        title=f"lab {lab.name}  {lab.url}  ({lab.algorithm or 'unknown method'}{', on swarm' if on_swarm else ''})",
+        title_justify="left",
     )
-    for column in ("container", "role", "state", "health", "image", "site version"):
+    columns = ("task" if on_swarm else "container", "role", "state", "health")
+    for column in (*columns, *(("node",) if on_swarm else ()), "image", "site version"):
         table.add_column(column)
-    members: list[MemberStatus] = ([lab.load_balancer] if lab.load_balancer else []) + list(lab.replicas)
+    members: list[MemberStatus] = [
+        *([lab.load_balancer] if lab.load_balancer else []),
+        *([lab.watcher] if lab.watcher else []),
+        *lab.replicas,
+    ]
     for m in members:
         style = _STATE_STYLE.get(m.state, "")
         health_style = (
             "green" if m.health.startswith("ok") else ("red" if m.health.startswith("failing") else "dim")
         )
+        role = {"lb": "load balancer", "watcher": "watcher (upstream)"}.get(m.role) or _replica_role(m)
+        node = (m.node or ("(manager)" if m.role in ("lb", "watcher") else "-"),) if on_swarm else ()
         table.add_row(
             m.name,
-            "load balancer" if m.role == "lb" else _replica_role(m),
+            role,
             f"[{style}]{m.state}[/]" if style else m.state,
             f"[{health_style}]{m.health}[/]",
+            *node,
             m.image,
             m.site_version or "-",
         )
-    if lab.stuck_networks:
-        table.caption = "\n".join(f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks)
+    notes = [f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks]
+    if on_swarm:
+        notes.append(nodes_line(lab.replicas))
+        if lab.upstream_change:
+            notes.append(upstream_change_line(lab.upstream_change))
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
     return table
+
+
+def nodes_line(replicas: Sequence[MemberStatus]) -> str:
+    """ "replicas per node: lab-node-1 2, lab-node-2 1" (running tasks)."""
+    counts = Counter(m.node for m in replicas if m.state == "running")
+    spread = ", ".join(f"{node} {n}" for node, n in sorted(counts.items())) or "none running"
+    return f"replicas per node: {spread}"
+
+
+def upstream_change_line(change: Mapping[str, object]) -> str:
+    """The watcher's last change of the upstream, in words."""
+    added, removed = change.get("added"), change.get("removed")
+    parts = [f"+{a}" for a in (added if isinstance(added, list) else [])]
+    parts += [f"-{r}" for r in (removed if isinstance(removed, list) else [])]
+    at = change.get("at")
+    ago = f", {format_duration(time.time() - float(at))} ago" if isinstance(at, int | float) else ""
+    latency = change.get("latency_s")
+    after = f" {float(latency):.2f} s after the tasks changed" if isinstance(latency, int | float) else ""
+    what = "; ".join(parts) or "config re-rendered"
+    return f"upstream last changed{after}{ago} ({change.get('members', '?')} tasks): {what}"
 
 
 def _replica_role(m: MemberStatus) -> str:

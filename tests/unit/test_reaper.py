@@ -71,8 +71,15 @@ def test_only_a_well_formed_keep_line_keeps_a_lab(line: str, name: str | None) -
 class FakeEngine:
     """The engine's answers to the reaper's few calls; deletes are recorded."""
 
-    def __init__(self, containers: list[dict], networks: list[dict], volumes: list[dict]) -> None:
+    def __init__(
+        self,
+        containers: list[dict],
+        networks: list[dict],
+        volumes: list[dict],
+        services: list[dict] | None = None,
+    ) -> None:
         self.listed = {
+            "/services": services if services is not None else [],
             "/containers/json": containers,
             "/networks": networks,
             "/volumes": {"Volumes": volumes},
@@ -107,7 +114,21 @@ def test_reaping_removes_what_the_filters_select_except_kept_labs_and_itself() -
     counts = reap(engine, ["lab.session=s1", "lab.name"], keep={"k"}, self_name="a-reaper")  # type: ignore[arg-type]
     assert counts == (2, 1, 1)
     assert engine.deleted == ["/containers/c1", "/containers/c2", "/networks/n1", "/volumes/v1"]
-    assert engine.filters == [{"label": ["lab.session=s1", "lab.name"]}] * 3  # asked for nothing else
+    assert engine.filters == [{"label": ["lab.session=s1", "lab.name"]}] * 4  # asked for nothing else
+
+
+def test_a_swarm_labs_service_goes_before_its_containers_and_network() -> None:
+    engine = FakeEngine(
+        containers=[container("c1", "a-lb", "a")],
+        networks=[{"Id": "n1", "Labels": {labels.NAME: "a"}}],
+        volumes=[],
+        services=[
+            {"ID": "s1", "Spec": {"Name": "a-web", "Labels": {labels.NAME: "a"}}},
+            {"ID": "s2", "Spec": {"Name": "k-web", "Labels": {labels.NAME: "k"}}},
+        ],
+    )
+    reap(engine, ["lab.session=s1", "lab.name"], keep={"k"}, self_name="a-reaper")  # type: ignore[arg-type]
+    assert engine.deleted == ["/services/s1", "/containers/c1", "/networks/n1"]
 
 
 def test_http_answers_are_read_whole_and_chunked() -> None:
