@@ -1,4 +1,7 @@
-"""Break replicas the way real ones break, and put them right again (`lab chaos`)."""
+"""Break replicas the way real ones break, and put them right again (`lab chaos`).
+
+A swarm lab's replicas are tasks, broken where they run (lab.swarm_chaos), which also kills nodes.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,11 @@ import os
 import signal
 import time
 
-from lab import labels
+from lab import labels, swarm_chaos
 from lab.engine import ContainerEngine as Engine
 from lab.engine import ContainerInfo
 from lab.errors import InvalidInput, LabError
+from lab.loadbalancer import LoadBalancer
 from lab.orchestrator import find_running
 from lab.progress import EventFn
 from lab.replicas import probe_http
@@ -35,6 +39,9 @@ def break_replica(
     if how not in HOW:
         raise InvalidInput(f"unknown way to break a replica {how!r}; choose one of {', '.join(HOW)}")
     lab = find_running(engine, name)  # the lab must be up
+    if lab.spec.engine == "swarm":
+        swarm_chaos.break_task(engine, lab, replica, how, on_event)
+        return
     container = find_replica(engine, name, replica)
     if container.status != "running":
         raise InvalidInput(
@@ -55,6 +62,8 @@ def break_replica(
 def restore(engine: Engine, name: str, *, on_event: EventFn | None = None) -> list[str]:
     """Bring every broken replica back and reload nginx so it resolves their (new) addresses."""
     lab = find_running(engine, name)
+    if lab.spec.engine == "swarm":
+        return swarm_chaos.restore(engine, lab, on_event)
     backend = lab.backend.network
     fixed = []
     for container in engine.containers(labels.lab_filter(name, labels.ROLE_WEB)):
@@ -103,3 +112,12 @@ def kill_lb(engine: Engine, name: str, *, on_event: EventFn | None = None) -> No
         raise LabError("the load balancer's process is not visible here (a remote Docker engine?)") from None
     if on_event:
         on_event(f"chaos: killed the load balancer {lab.lb.name} (pid {pid})")
+
+
+def kill_node(engine: Engine, name: str, node: str | None = None, *, on_event: EventFn | None = None) -> str:
+    """SIGKILL a worker node of this desk: `node`, else the one running most of lab `name`'s tasks
+    (the first worker when no such swarm lab runs). Returns the node killed."""
+    lab = find_running(engine, name) if LoadBalancer.find(engine, name) is not None else None
+    if lab is not None and lab.spec.engine != "swarm":
+        lab = None  # a lab of one engine has no task on any node
+    return swarm_chaos.kill_node(engine, lab, node, on_event)

@@ -300,12 +300,26 @@ _chaos_command("disconnect", "Cut a replica from the backend network.")
 @chaos.command(name="restore")
 @name_option
 def chaos_restore(name: str) -> None:
-    """Bring every broken replica back and put it in the upstream again."""
+    """Bring every broken replica back and put it in the upstream again (a swarm lab: killed nodes too)."""
     from lab import chaos as breaker
     from lab import ui
 
     fixed = breaker.restore(_connect(), name)
     ui.out.print(f"restored: {', '.join(fixed)}" if fixed else "nothing to restore")
+
+
+@chaos.command(name="kill-node")
+@name_option
+@click.argument("node", required=False)
+def chaos_kill_node(name: str, node: str | None) -> None:
+    """SIGKILL a worker node of this desk (default: the one running most of the lab's tasks); Swarm
+    starts its tasks elsewhere. `lab chaos restore` starts it again."""
+    from lab import chaos as breaker
+    from lab import ui
+
+    events: list[str] = []
+    breaker.kill_node(_connect(), name, node, on_event=events.append)
+    ui.out.print("\n".join(events))
 
 
 @chaos.command(name="kill-lb")
@@ -494,28 +508,34 @@ def compose(
 @click.option(
     "--restore",
     default=None,
-    help="failover: restore it after the measured window (after, the default), during it, or no.",
+    help="failover, node-failure: restore it after the measured window (after, the default), during it (failover), or no.",
 )
 @click.option(
     "--tag", default=None, help="deploy: version name for the new site image (default: a content hash)."
 )
 @click.option("--times", default=None, help="reload: how many reloads (default 3).")
+@click.option(
+    "--node",
+    default=None,
+    help="node-failure: the worker node to kill (default: the one running most tasks).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here.")
 def experiment(
     kind: str, name: str, rate: str, duration: str, steps: str | None, batch: str | None, site: str | None,
-    how: str | None, replica: str | None, restore: str | None, tag: str | None, times: str | None, as_json: bool,
-    report: str | None,
+    how: str | None, replica: str | None, restore: str | None, tag: str | None, times: str | None,
+    node: str | None, as_json: bool, report: str | None,
 ) -> None:  # fmt: skip
-    """Steady load through the load balancer while scale, deploy, failover, reload or kill-lb runs; every request counted.
+    """Steady load through the load balancer while scale, deploy, failover, reload, kill-lb or node-failure runs; every request counted.
 
-    KIND is scale, deploy, failover, reload or kill-lb. Exit 0 when nothing failed (kill-lb: the load
-    balancer came back and errors stopped) and every check passed, else 1.
+    KIND is scale, deploy, failover, reload, kill-lb or node-failure (a swarm lab: a worker node is
+    killed). Exit 0 when nothing failed (kill-lb: the load balancer came back and errors stopped)
+    and every check passed, else 1.
     """
     from lab.experiment.plan import ExperimentPlan
 
     options = {"steps": steps, "batch": batch, "site": site, "how": how, "replica": replica,
-               "restore": restore, "tag": tag, "times": times}  # fmt: skip
+               "restore": restore, "tag": tag, "times": times, "node": node}  # fmt: skip
     # Validated before any Docker call: bad input touches nothing.
     ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
     from lab import report as reports

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import docker
 import docker.errors
 import docker.types
+import docker.utils
 from docker.utils.socket import frames_iter
 
 from lab.engine import (
@@ -865,7 +866,11 @@ class Engine:
         )
         template = docker.types.TaskTemplate(
             spec,
-            resources=docker.types.Resources(mem_limit=req.mem_limit) if req.mem_limit else None,
+            resources=(
+                docker.types.Resources(mem_limit=docker.utils.parse_bytes(req.mem_limit))
+                if req.mem_limit
+                else None
+            ),
             restart_policy=docker.types.RestartPolicy(condition="any"),
             placement=docker.types.Placement(
                 constraints=list(req.constraints) or None, maxreplicas=req.max_per_node
@@ -898,24 +903,38 @@ class Engine:
         labels: dict[str, str] | None = None,
         update: UpdatePolicy | None = None,
     ) -> None:
-        """Change what is given and keep the rest of the service's spec (one update of its version)."""
+        """Change what is given and keep the rest of the service's spec as it is (one update of its
+        version). The spec is the one stored, without the engine's defaults filled in: a spec with
+        them differs from the stored one, and Swarm would then replace every task (a rolling update
+        where only the replica count was to change)."""
         current = self.api.inspect_service(name)
-        container_spec: dict[str, Any] = {}
+        spec = current["Spec"]
+        template = dict(spec.get("TaskTemplate") or {})
+        container_spec = dict(template.get("ContainerSpec") or {})
         if image is not None:
             container_spec["Image"] = image
         if container_labels is not None:
             container_spec["Labels"] = container_labels
+        template["ContainerSpec"] = container_spec
+        mode = spec.get("Mode") or {}
+        if replicas is not None:
+            mode = {"Replicated": {"Replicas": replicas}}
         self.api.update_service(
             name,
             current["Version"]["Index"],
-            task_template={"ContainerSpec": container_spec} if container_spec else None,
-            labels=labels,
-            mode=docker.types.ServiceMode("replicated", replicas=replicas) if replicas is not None else None,
-            update_config=_update_config(update, docker.types.UpdateConfig) if update else None,
+            task_template=template,
+            name=spec.get("Name"),
+            labels=labels if labels is not None else spec.get("Labels"),
+            mode=mode,
+            update_config=_update_config(update, docker.types.UpdateConfig)
+            if update
+            else spec.get("UpdateConfig"),
             rollback_config=(
-                _update_config(update, docker.types.RollbackConfig, rollback=True) if update else None
+                _update_config(update, docker.types.RollbackConfig, rollback=True)
+                if update
+                else spec.get("RollbackConfig")
             ),
-            fetch_current_spec=True,
+            endpoint_spec=spec.get("EndpointSpec"),
         )
 
     def service_tasks(self, service: str, *, desired: str | None = "running") -> list[TaskInfo]:

@@ -55,7 +55,7 @@ def refusal(view: SwarmView, *, init: bool) -> str | None:
             return None
         return (
             "this engine is not in swarm mode: add --init and the lab makes it a single-manager swarm "
-            "(and leaves it again when the last node is removed), or run `docker swarm init "
+            "(and leaves it again once its last lab and node are gone), or run `docker swarm init "
             "--advertise-addr <docker0 address>` yourself"
         )
     if view.state == "locked":

@@ -19,6 +19,7 @@ Swarm's choice (it evens out the nodes), so slots may have gaps; weights still f
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -300,10 +301,11 @@ class SwarmReplicas:
         """The service's replica count becomes `spec.replicas`; return once that many tasks serve and
         the load balancer's upstream holds exactly them (the watcher reloads it as tasks come and go).
         The spec (weights by slot) is stored first, as new tasks join under it."""
-        lb.apply(spec, self.members(), based_on=lb.spec())
+        members = self.members()
+        lb.apply(spec, members, based_on=lb.spec())
         self.engine.update_service(self.service, replicas=spec.replicas)
         _announce(on_event, f"service {self.service}: {spec.replicas} replicas asked of Swarm")
-        return self.follow(spec.replicas, lb, on_event).members
+        return self.follow(spec.replicas, lb, on_event, known=members).members
 
     def roll_out(
         self,
@@ -319,7 +321,8 @@ class SwarmReplicas:
         raises DeployFailed. Returns once the upstream holds exactly the new tasks."""
         previous = self.current_image()
         placed = self.place(image, lambda text, _f: _announce(on_event, text))
-        lb.apply(new, self.members(), based_on=lb.spec())
+        members = self.members()
+        lb.apply(new, members, based_on=lb.spec())
         found = self.engine.service(self.service)
         before = found.update_started if found else ""
         self.engine.update_service(
@@ -334,10 +337,21 @@ class SwarmReplicas:
         _announce(
             on_event, f"service {self.service}: update to {placed.version}, {batch} at a time, start-first"
         )
-        replicas = len({m.slot for m in self.members()}) or new.replicas
-        settled = self.follow(
-            replicas, lb, on_event, version=placed.version, previous=previous, before=before
-        )
+        replicas = len({m.slot for m in members}) or new.replicas
+        try:
+            settled = self.follow(
+                replicas,
+                lb,
+                on_event,
+                version=placed.version,
+                previous=previous,
+                before=before,
+                known=members,
+            )
+        except DeployFailed:
+            with contextlib.suppress(LabError):  # the stored spec names the site that serves again
+                lb.apply(old, self.members(), based_on=new)
+            raise
         return settled.members
 
     def follow(
@@ -349,14 +363,15 @@ class SwarmReplicas:
         version: str | None = None,
         previous: SiteImage | None = None,
         before: str | None = None,
+        known: Sequence[Member] = (),
         timeout: float = FOLLOW_TIMEOUT,
     ) -> Settled:
         """Report tasks as they come and go until `replicas` tasks serve and the upstream holds
         exactly them. For a deploy (`version`, `previous`, and `before`: when the service's last update
         had begun before this one was asked): until the new update is complete and every task runs
-        `version`; DeployFailed once Swarm has rolled it back."""
+        `version`; DeployFailed once Swarm has rolled it back. Tasks `known` before are not news."""
         began = self.clock()
-        seen: dict[str, Member] = {}
+        seen: dict[str, Member] = {m.address: m for m in known}
         while True:
             members = self.members()
             current = {m.address: m for m in members}
@@ -367,13 +382,16 @@ class SwarmReplicas:
                 m = seen[address]
                 _announce(on_event, f"task {m.name} at {m.address} is out")
             seen = current
-            state = self._update_state(before) if version is not None else ""
+            state, message = self._update_state(before) if version is not None else ("", "")
             if state in ROLLED_BACK and previous is not None:
+                _announce(on_event, f"Swarm rolls back: {message or state}")
+                tasks = self.engine.service_tasks(self.service, desired=None)
+                new_tasks = [t for t in tasks if t.container_labels.get(labels.SITE_VERSION) == version]
+                failed = task_errors(new_tasks).most_common(1)
                 self._wait_rolled_back(lb, previous, on_event, timeout)
-                found = self.engine.service(self.service)
-                message = found.update_message if found else state
+                why = f"{message or state}; a new task failed: {failed[0][0]}" if failed else message or state
                 raise DeployFailed(
-                    f"deploy of version {version} stopped ({message}); Swarm rolled the service back "
+                    f"deploy of version {version} stopped ({why}); Swarm rolled the service back "
                     f"and version {previous.version} serves again"
                 )
             target = [m for m in members if version is None or m.version == version]
@@ -389,13 +407,13 @@ class SwarmReplicas:
                 )
             self.sleep(POLL)
 
-    def _update_state(self, before: str | None) -> str:
-        """The state of the service's rolling update, once one other than that begun at `before`
-        shows ("" until then: the engine keeps the last update's state until a new one starts)."""
+    def _update_state(self, before: str | None) -> tuple[str, str]:
+        """The state of the service's rolling update and its message, once an update other than that
+        begun at `before` shows (("", "") until then: the engine keeps the last one's state)."""
         found = self.engine.service(self.service)
         if found is None or not found.update_started or found.update_started == before:
-            return ""
-        return found.update_state
+            return "", ""
+        return found.update_state, found.update_message
 
     def _wait_rolled_back(
         self, lb: LoadBalancer, previous: SiteImage, on_event: EventFn | None, timeout: float

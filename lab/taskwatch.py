@@ -56,6 +56,7 @@ class Applied:
     removed: tuple[str, ...]
     members: int
     latency_s: float | None  # from the newest task change it followed to the reload done
+    measured_from: str  # "task": the tasks' own timestamps; "event": the first event that woke it
     trigger: str  # what woke it: an event, or the periodic reconcile
     generation: str
 
@@ -110,12 +111,32 @@ def relevant(event: Mapping[str, Any], service: str) -> str:
     return ""
 
 
+def event_time(event: Mapping[str, Any], clock: Callable[[], float] = time.time) -> float:
+    """When the engine says an event happened (UNIX time); now if it does not say."""
+    nanos = event.get("timeNano")
+    if isinstance(nanos, int) and nanos > 0:
+        return nanos / 1e9
+    return clock()
+
+
 def describe(members: Sequence[Member], hosts: Iterable[str]) -> tuple[str, ...]:
     by_host = {m.host: m for m in members}
     return tuple(f"{by_host[h].name} {h} on {by_host[h].node}" if h in by_host else h for h in sorted(hosts))
 
 
 # The watcher -----------------------------------------------------------------------------------
+@dataclass
+class _Seen:
+    """What the watcher last read or wrote: read again on every reconcile and after a conflict, so
+    a hot look costs one request (the tasks). Trusting it between reads is safe: a change is based
+    on `spec` (a compare-and-swap), so a stale one fails and is read again, never undoes anything."""
+
+    lb: LoadBalancer
+    backend: SwarmReplicas
+    spec: LabSpec
+    config: str
+
+
 class Watcher:
     """Looks at the service's tasks and, when the upstream is not on them, applies one that is."""
 
@@ -133,6 +154,7 @@ class Watcher:
         self.clock = clock
         self._nodes: dict[str, str] = {}
         self._quiet_reason = ""
+        self._seen: _Seen | None = None
 
     def _note(self, kind: str, text: str) -> None:
         self.say(json.dumps({"kind": kind, "at": round(self.clock(), 3), "text": text}))
@@ -144,46 +166,65 @@ class Watcher:
 
     def _quiet(self, reason: str) -> None:
         """Say why nothing is applied, once per reason."""
-        if reason != self._quiet_reason:
+        if reason != self._quiet_reason and reason:
             self._note("waiting", reason)
         self._quiet_reason = reason
 
-    def look(self, trigger: str) -> Applied | None:
-        """One look: apply an upstream on the serving tasks if the one that serves is not."""
+    def _read(self) -> _Seen | None:
         lb = LoadBalancer.find(self.engine, self.lab)
         if lb is None or lb.container.status != "running":
+            return None
+        backend = SwarmReplicas.find(self.engine, self.lab, lb.container)
+        return _Seen(lb, backend, lb.spec(), lb.config())
+
+    def look(self, trigger: str, woke_at: float | None = None, *, fresh: bool = True) -> Applied | None:
+        """One look: apply an upstream on the serving tasks if the one that serves is not. With
+        `fresh`, the load balancer's spec and config are read first; else what was seen last is used.
+
+        The latency reported runs from the newest change of the tasks it follows (a task's start,
+        or the manager's change of a task it drops); for tasks the manager has deleted already
+        (a scale-down), from `woke_at`, the first event since the last look."""
+        seen = self._read() if fresh or self._seen is None else self._seen
+        self._seen = seen
+        if seen is None:
             self._quiet("the load balancer does not run")
             return None
-        spec = lb.spec()
-        backend = SwarmReplicas.find(self.engine, self.lab, lb.container)
-        tasks = self.engine.service_tasks(backend.service, desired=None)
-        members = members_of(self.lab, tasks, backend.network, self._node_names(tasks))
+        tasks = self.engine.service_tasks(seen.backend.service, desired=None)
+        members = members_of(self.lab, tasks, seen.backend.network, self._node_names(tasks))
         if not members:
             self._quiet("no task serves: the upstream stays as it is (nginx refuses an empty one)")
             return None
-        current = lb.config()
-        if render(spec, members)[0] == current:
+        config = render(seen.spec, members)[0]
+        if config == seen.config:
             self._quiet("")
             return None
-        before = set(upstream_hosts(current))
+        before = set(upstream_hosts(seen.config))
         try:
-            generation = lb.apply(spec, members, based_on=spec)
+            generation = seen.lb.apply(seen.spec, members, based_on=seen.spec)
         except Conflict:
+            self._seen = None  # read again at the next look
             self._note("retry", "the spec changed meanwhile (lab configure?): looking again")
             return None
         except InvalidInput as exc:
             self._note("refused", f"{exc.message}: {exc.detail.strip()[-300:]}")
             return None
+        seen.config = config
         at = self.clock()
         now = {m.host for m in members}
         added, removed = sorted(now - before), sorted(before - now)
         self._quiet_reason = ""
+        known = task_by_address(tasks, seen.backend.network)
+        latency = change_latency(added, removed, known, at)
+        from_tasks = latency is not None and all(h in known for h in (*added, *removed))
+        if not from_tasks and woke_at is not None:
+            latency = round(at - woke_at, 3) if latency is None else max(latency, round(at - woke_at, 3))
         return Applied(
             at=round(at, 3),
             added=describe(members, added),
             removed=tuple(removed),
             members=len(members),
-            latency_s=change_latency(added, removed, task_by_address(tasks, backend.network), at),
+            latency_s=latency,
+            measured_from="task" if from_tasks else ("event" if woke_at is not None else "task"),
             trigger=trigger,
             generation=generation,
         )
@@ -191,12 +232,12 @@ class Watcher:
     def run(self, stop: threading.Event) -> None:
         """Look on every event and every RECONCILE seconds (HOT_POLL for a while after anything)."""
         wake = threading.Event()
-        triggers: list[str] = []
+        woken_by: list[tuple[str, float]] = []  # (what, when) since the last look
         lock = threading.Lock()
 
-        def woken(reason: str) -> None:
+        def woken(reason: str, at: float) -> None:
             with lock:
-                triggers.append(reason)
+                woken_by.append((reason, at))
             wake.set()
 
         service = LabSpec(name=self.lab).service_name
@@ -206,22 +247,26 @@ class Watcher:
         follower.start()
         self.say(READY)
         hot_until = 0.0
-        trigger = "start"
+        trigger, woke_at = "start", None
         while not stop.is_set():
             try:
-                applied = self.look(trigger)
+                applied = self.look(trigger, woke_at, fresh=trigger in ("start", "reconcile"))
             except LabError as exc:
                 self._note("error", exc.message)
+                self._seen = None
                 applied = None
             if applied is not None:
                 self.say(applied.line())
                 hot_until = time.monotonic() + HOT_WINDOW
+                woke_at = None
             pause = HOT_POLL if time.monotonic() < hot_until else RECONCILE
             if wake.wait(pause):
                 wake.clear()
                 with lock:
-                    trigger = "event: " + (triggers[-1] if triggers else "?")
-                    triggers.clear()
+                    trigger = "event: " + (woken_by[-1][0] if woken_by else "?")
+                    first = min((at for _, at in woken_by), default=None)
+                    woken_by.clear()
+                woke_at = first if woke_at is None else woke_at
                 hot_until = time.monotonic() + HOT_WINDOW
             else:
                 trigger = "poll" if time.monotonic() < hot_until else "reconcile"
@@ -229,14 +274,16 @@ class Watcher:
 
     _stream: EventStream | None = None
 
-    def _follow_events(self, service: str, woken: Callable[[str], None], stop: threading.Event) -> None:
+    def _follow_events(
+        self, service: str, woken: Callable[[str, float], None], stop: threading.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 self._stream = self.engine.events(EVENTS)
                 for event in self._stream:
                     reason = relevant(event, service)
                     if reason:
-                        woken(reason)
+                        woken(reason, event_time(event, self.clock))
                     if stop.is_set():
                         break
             except Exception as exc:  # noqa: BLE001 - the engine restarted, say: follow it again

@@ -18,7 +18,7 @@ from lab.chaos import HOW
 from lab.errors import InvalidInput
 from lab.spec import MAX_REPLICAS, parse_int_in_range, parse_site, parse_version_tag
 
-KINDS = ("scale", "deploy", "failover", "reload", "kill-lb")
+KINDS = ("scale", "deploy", "failover", "reload", "kill-lb", "node-failure")
 MIN_RATE, MAX_RATE = 1.0, 2000.0  # requests per second
 MIN_DURATION, MAX_DURATION = 2.0, 600.0  # seconds
 DEFAULT_STEPS = (8, 2)
@@ -27,6 +27,7 @@ MAX_STEPS = 10
 MAX_RELOADS = 20
 HOWS = HOW  # failover: the ways `lab chaos` breaks a replica
 RESTORE = ("after", "during", "no")  # failover: restore after the measured window, inside it, or not at all
+NODE_RESTORE = ("after", "no")  # node-failure: start the killed node again after the window, or not
 WARM_UP = 0.2  # the operations start after this share of the run...
 OPS_END = 0.8  # ...and several steps are spread evenly up to this share
 RESTORE_AT = 0.7  # failover with restore "during": when the restore begins
@@ -38,7 +39,9 @@ _OPTIONS = {
     "failover": {"how", "replica", "restore"},
     "reload": {"times"},
     "kill-lb": set(),
+    "node-failure": {"node", "restore"},  # a swarm lab: kill a worker node of this desk
 }
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,60}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ExperimentPlan:
     replica: str | None = None
     restore: str = "after"
     times: int = DEFAULT_RELOADS
+    node: str | None = None  # node-failure: the node to kill (default: the one running most tasks)
 
     @classmethod
     def create(
@@ -95,13 +99,23 @@ class ExperimentPlan:
             if restore not in RESTORE:
                 raise InvalidInput(f"restore must be one of {', '.join(RESTORE)}, not {restore!r}")
             replica = given.get("replica")
-            if replica is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,60}", str(replica)):
+            if replica is not None and not _NAME.fullmatch(str(replica)):
                 raise InvalidInput(
                     f"replica must be a container name such as lab-web-2 or a number, not {replica!r}"
                 )
             return _replace(
                 plan, how=how, restore=restore, replica=str(replica) if replica is not None else None
             )
+        if what == "node-failure":
+            restore = str(given.get("restore", "after"))
+            if restore not in NODE_RESTORE:
+                raise InvalidInput(
+                    f"restore must be one of {', '.join(NODE_RESTORE)} for a node failure, not {restore!r}"
+                )
+            node = given.get("node")
+            if node is not None and not _NAME.fullmatch(str(node)):
+                raise InvalidInput(f"node must be a node name such as lab-node-1, not {node!r}")
+            return _replace(plan, restore=restore, node=str(node) if node is not None else None)
         if what == "reload":
             return _replace(
                 plan, times=parse_int_in_range(given.get("times", DEFAULT_RELOADS), "times", 1, MAX_RELOADS)
@@ -125,6 +139,7 @@ class ExperimentPlan:
             "replica": self.replica,
             "restore": self.restore,
             "times": self.times,
+            "node": self.node,
         }
         return {k: values[k] for k in sorted(_OPTIONS[self.kind])}
 

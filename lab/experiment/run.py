@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import requests
 
-from lab import chaos, live, orchestrator, traffic
+from lab import chaos, live, orchestrator, swarm_chaos, traffic
 from lab.engine import ContainerEngine
 from lab.errors import InvalidInput, LabError
+from lab.experiment import swarm_ops
 from lab.experiment.plan import RESTORE_AT, ExperimentPlan, schedule
 from lab.experiment.verdict import OBSERVE, Step, removed_addresses, result_of
 from lab.orchestrator import RunningLab
@@ -218,6 +219,8 @@ def _deploy(run: _Run) -> tuple[list[Step], str]:
 
 
 def _failover(run: _Run) -> tuple[list[Step], str]:
+    if run.lab.spec.engine == "swarm":
+        return swarm_ops.failover(run)  # Swarm replaces the broken task by itself
     plan, rec, lab, target = run.plan, run.rec, run.lab, run.target
     (due,) = schedule(plan.duration, 1)
     run.wait_until(due)
@@ -270,6 +273,7 @@ OPERATIONS: dict[str, Operation] = {
     "failover": _failover,
     "reload": _reload,
     "kill-lb": _kill_lb,
+    "node-failure": swarm_ops.node_failure,
 }
 
 
@@ -293,6 +297,7 @@ def run_experiment(
         raise InvalidInput(
             f"batch must be between 1 and {len(lab.replicas)} (the running replicas), not {plan.batch}"
         )
+    _refuse_on_this_engine(engine, plan, lab)
     target = _failover_target(plan, lab) if plan.kind == "failover" else ""
     before_versions = _label_versions(engine, name) if plan.kind == "deploy" else {}
     recorder = _Recorder(progress, plan.duration)
@@ -305,16 +310,37 @@ def run_experiment(
         tally = load.finish()
     except BaseException:
         load.abort()
-        if plan.kind == "failover" and plan.restore != "no":  # interrupted: leave no replica broken
+        if (
+            plan.kind in ("failover", "node-failure") and plan.restore != "no"
+        ):  # interrupted: leave nothing broken
             with contextlib.suppress(Exception):
                 chaos.restore(engine, name)
         raise
     if plan.kind == "failover" and plan.restore == "after":
         run.extra["restored_after_window"] = chaos.restore(engine, name, on_event=recorder.on_event)
+    if plan.kind == "node-failure" and plan.restore == "after":
+        run.extra["restored_after_window"] = swarm_chaos.restart_nodes(engine, on_event=recorder.on_event)
     return result_of(
         name, lab.spec.url, plan, tally, recorder.sorted_events(), steps, operation_error, operation_end,
         before_versions, run.extra,
     )  # fmt: skip
+
+
+def _refuse_on_this_engine(engine: ContainerEngine, plan: ExperimentPlan, lab: RunningLab) -> None:
+    """What a kind cannot do on this lab's engine, refused before any load is sent."""
+    on_swarm = lab.spec.engine == "swarm"
+    if plan.kind == "node-failure":
+        if not on_swarm:
+            raise InvalidInput(
+                f"a node-failure experiment needs a swarm lab (`lab up --engine swarm`); lab {lab.spec.name!r} "
+                "runs on one engine"
+            )
+        swarm_chaos.pick_node(engine, lab.backend.members(), plan.node)  # no worker, or no such node
+    if plan.kind == "failover" and on_swarm and plan.how not in swarm_chaos.TASK_HOW:
+        raise InvalidInput(
+            f"{plan.how} is not available on a swarm lab (a task's networks belong to Swarm); "
+            f"use {', '.join(swarm_chaos.TASK_HOW)}"
+        )
 
 
 def _failover_target(plan: ExperimentPlan, lab: RunningLab) -> str:

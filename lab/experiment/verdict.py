@@ -40,6 +40,7 @@ class Step:
     settle: float = SETTLE
     addresses: dict[str, str] = field(default_factory=dict)  # removed replica -> address ("" if reused)
     probe_every: float | None = None  # failover: the broken replica stays in the config
+    check: str = ""  # the name of the traffic check after it, when the kind's usual one does not fit
 
 
 def recovery_time(timeline: Sequence[Second]) -> tuple[float | None, float | None]:
@@ -243,6 +244,17 @@ def explain(
         )
     if kind == "failover" and restore == "after":
         notes.append("The broken replica was restored after the measured window (not part of these numbers).")
+    if kind == "node-failure":
+        notes.append(
+            "A killed node sends nothing, not even a reset: a request in flight to one of its tasks waits "
+            "for nginx's read timeout (2 s) and a new one for its connect timeout (1 s), and nginx then "
+            "tries another task (proxy_next_upstream): slow answers, not failed ones, until the watcher "
+            "takes the dead tasks out. The manager notices the node only when its heartbeats stop."
+        )
+        if restore == "after":
+            notes.append(
+                "The killed node was started again after the measured window (not part of these numbers)."
+            )
     if overrun > 0:
         notes.append(
             f"The operation went on {overrun:.1f} s after the load ended: give a longer --duration to see "
@@ -302,7 +314,7 @@ def result_of(
         upstream_retries=tally.upstream_retries,
         failed=tally.errors,
         overrun=max(0.0, operation_end - load_end),
-        restore=plan.restore if plan.kind == "failover" else "",
+        restore=plan.restore if plan.kind in ("failover", "node-failure") else "",
     )
     if tally.cancelled:
         notes.append(f"{tally.cancelled:,} requests were still open when the load was stopped (not counted).")
@@ -371,7 +383,9 @@ def step_checks(kind: str, steps: Sequence[Step], timeline: Sequence[Second], lo
     checks = []
     for i, step in enumerate(steps):
         until = steps[i + 1].begin if i + 1 < len(steps) else load_end
-        if kind == "reload":
+        if step.check:
+            name = step.check
+        elif kind == "reload":
             name = f"after {step.label}: every replica got traffic"
         elif kind == "failover" and step.removed:
             name = f"after {step.label}: no traffic to it after fail_timeout ({step.settle:.0f} s)"
