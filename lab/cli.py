@@ -401,6 +401,8 @@ def verify(
         ui.print_json(result.as_json())
     else:
         ui.out.print(ui.verify_table(result))
+        if result.by_node:
+            ui.out.print(ui.node_spread_table(result))
         ui.out.print(ui.verify_summary(result))
         if report:
             ui.out.print(f"report: {report}")
@@ -723,10 +725,15 @@ def nodes_add(count: str, init: bool) -> None:
     engine = _connect()
     with ui.progress_bar("nodes add") as progress:
         added = desk_nodes.add(engine, count, init=init, progress=progress)
+        from lab.swarm_images import place_lab_images
+
+        placed = place_lab_images(engine, progress)  # swarm labs' tasks may land on the new nodes
     if added.manager.initialised:
         ui.out.print(f"initialised a swarm on this engine (manager {added.manager.address})")
     ui.out.print(ui.nodes_table(desk_nodes.ls(engine)))
     ui.out.print(f"{len(added.nodes)} nodes joined as workers in {added.seconds:.1f} s")
+    if placed:
+        ui.out.print(f"the images of {len(placed)} swarm labs are on the new nodes too")
 
 
 @nodes_group.command(name="ls")

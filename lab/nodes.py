@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 NODE_IMAGE = StandIn(
     name="node",  # build context base/node: daemon.json and the registry forwarder
-    tag="lab/node:20.10-debian",
+    tag="lab/node:20.10-debian.2",  # .2: starts again after a kill (lab-dockerd clears stale pid files)
     rootfs=f"lab/debian-node-rootfs:{SUITE}",
     packages=("docker.io", "iptables", "ca-certificates", "procps", "iproute2", "socat"),
     versioned_by="docker.io",

@@ -71,6 +71,17 @@ class AccessLogCheck:
 
 
 @dataclass(frozen=True)
+class NodeSpread:
+    """How a swarm lab's traffic spread over the nodes its replicas run on."""
+
+    node: str
+    replicas: list[str]
+    count: int  # successful answers from its replicas
+    share: float
+    expected_share: float  # the sum of its replicas' expected shares
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     lab: str
     url: str
@@ -95,6 +106,7 @@ class VerifyResult:
     retried: int = 0  # idempotent GETs retried after a stale keep-alive connection closed
     notes: list[str] = field(default_factory=list)
     advice: str = ""  # inconclusive: what would make the test decisive
+    by_node: list[NodeSpread] = field(default_factory=list)  # a swarm lab: the spread per node
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)

@@ -28,6 +28,9 @@ def place_image(engine: SwarmEngine, image: SiteImage, progress: ProgressFn) -> 
     if not running:
         return image
     found = registry.running_registries(desk)
+    if image.ref.startswith(f"{registry.HOST}:"):  # in a lab registry already: the nodes pull it
+        deliver(desk, image.ref, method="registry", skip_present=True)
+        return image
     if found:
         names, _port = found[0]
         progress(f"pushing {image.ref} to the lab registry {names.name}", None)
@@ -40,3 +43,15 @@ def place_image(engine: SwarmEngine, image: SiteImage, progress: ProgressFn) -> 
     )
     deliver(desk, image.ref, method="save-load", progress=progress, skip_present=True)
     return image
+
+
+def place_lab_images(engine: SwarmEngine, progress: ProgressFn) -> list[str]:
+    """Put the image of every swarm lab's service on the desk's nodes (after `lab nodes add`)."""
+    from lab import labels
+
+    placed = []
+    for service in engine.services({"label": [f"{labels.ROLE}={labels.ROLE_SERVICE}"]}):
+        version = service.container_labels.get(labels.SITE_VERSION, "")
+        place_image(engine, SiteImage(service.image, version), progress)
+        placed.append(service.image)
+    return placed

@@ -302,6 +302,8 @@ class SwarmReplicas:
         the load balancer's upstream holds exactly them (the watcher reloads it as tasks come and go).
         The spec (weights by slot) is stored first, as new tasks join under it."""
         members = self.members()
+        if spec.replicas > len(members):  # new tasks may land on nodes without the image
+            self.place(self.current_image(), lambda text, _f: _announce(on_event, text))
         lb.apply(spec, members, based_on=lb.spec())
         self.engine.update_service(self.service, replicas=spec.replicas)
         _announce(on_event, f"service {self.service}: {spec.replicas} replicas asked of Swarm")

@@ -226,6 +226,25 @@ def verify_table(result: VerifyResult) -> Table:
     return table
 
 
+def node_spread_table(result: VerifyResult) -> Table:
+    """A swarm lab's traffic per node (its replicas' answers together)."""
+    table = Table(title="spread per node", title_justify="left")
+    for column, justify in (("node", "left"), ("replicas", "right"), ("ok", "right"), ("share", "right"),
+                            ("expected", "right"), ("", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    scale = max([n.share for n in result.by_node] + [n.expected_share for n in result.by_node] + [1e-9])
+    for n in result.by_node:
+        table.add_row(
+            n.node,
+            str(len(n.replicas)),
+            f"{n.count:,}",
+            f"{n.share:.1%}",
+            f"{n.expected_share:.1%}",
+            _bar(n.share, n.expected_share, scale),
+        )
+    return table
+
+
 def verify_summary(result: VerifyResult) -> str:
     style = _VERDICT_STYLE.get(result.verdict, "bold")
     lat = result.latency_ms
@@ -361,6 +380,7 @@ def experiment_summary(result: ExperimentResult) -> str:
     if result.latency_ms:
         lat = result.latency_ms
         lines.append(f"latency: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms")
+    lines += swarm_lines(result.extra)
     if result.operation_error:
         lines.append(f"[bold red]the operation failed:[/] {escape(result.operation_error)}")
     for check in result.checks:
@@ -368,6 +388,27 @@ def experiment_summary(result: ExperimentResult) -> str:
         lines.append(f"{mark} {escape(check.name)}: {escape(check.detail)}")
     lines += [f"note: {escape(n)}" for n in result.notes]
     return "\n".join(lines)
+
+
+def swarm_lines(extra: Mapping[str, object]) -> list[str]:
+    """What a swarm experiment found: how long Swarm took to repair it."""
+    lines = []
+    if "time_to_recover_s" in extra:
+        took = extra["time_to_recover_s"]
+        down = extra.get("node_down_after_s")
+        moved = extra.get("rescheduled") or []
+        lines.append(
+            f"time to recover: {f'{took:.1f} s' if isinstance(took, int | float) else 'not recovered'} "
+            f"after node {extra.get('killed_node')} was killed"
+            + (f" (marked down after {down:.1f} s)" if isinstance(down, int | float) else "")
+        )
+        if isinstance(moved, list) and moved:
+            lines.append(f"rescheduled: {', '.join(escape(str(m)) for m in moved)}")
+    if isinstance(extra.get("replaced_after_s"), int | float):
+        lines.append(
+            f"Swarm replaced {extra.get('broken')} in {extra['replaced_after_s']:.1f} s (new task in the upstream)"
+        )
+    return lines
 
 
 # lab registry / lab nodes --------------------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from lab import stats, traffic
@@ -18,7 +18,7 @@ from lab.engine import ContainerEngine as Engine
 from lab.errors import InvalidInput
 from lab.orchestrator import find_running
 from lab.progress import ProgressFn
-from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
+from lab.results import AccessLogCheck, HistogramBar, Latency, NodeSpread, ReplicaResult, VerifyResult
 from lab.spec import MAX_REPLICAS, parse_algorithm, parse_int_in_range, parse_weight_list
 
 LogReader = Callable[[float], Iterable[str]]  # the load balancer's log lines since a time (epoch seconds)
@@ -81,6 +81,7 @@ class Target:
     replicas: list[str] | None  # None: discovered from the answers (--url)
     hash_key: str = ""
     expected_replicas: int | None = None  # --url: how many replicas there are (None: those that answer)
+    nodes: dict[str, str] = field(default_factory=dict)  # a swarm lab: replica -> the node it runs on
 
 
 def lab_target(engine: Engine, name: str) -> Target:
@@ -96,6 +97,7 @@ def lab_target(engine: Engine, name: str) -> Target:
         backup=lab.backup_position(lab.replicas),
         replicas=lab.replicas,
         hash_key=spec.hash_key,
+        nodes={m.name: m.node for m in lab.backend.members() if m.node} if spec.engine == "swarm" else {},
     )
 
 
@@ -290,7 +292,33 @@ def verify(
         retried=tally.retried,
         notes=notes,
         advice=judgement.advice if log_check.matches else "",
+        by_node=node_spread(target.nodes, replicas, tally.by_replica, shares),
     )
+
+
+def node_spread(
+    nodes: dict[str, str], replicas: list[str], counts: dict[str, int], shares: list[float]
+) -> list[NodeSpread]:
+    """The spread over nodes: each node's replicas, their answers, and the share they should get."""
+    if not nodes:
+        return []
+    total = sum(counts.get(r, 0) for r in replicas)
+    by_node: dict[str, list[tuple[str, float]]] = {}
+    for replica, share in zip(replicas, shares, strict=True):
+        by_node.setdefault(nodes.get(replica, "?"), []).append((replica, share))
+    spread = []
+    for node, members in sorted(by_node.items()):
+        count = sum(counts.get(r, 0) for r, _ in members)
+        spread.append(
+            NodeSpread(
+                node=node,
+                replicas=[r for r, _ in members],
+                count=count,
+                share=count / total if total else 0.0,
+                expected_share=sum(share for _, share in members),
+            )
+        )
+    return spread
 
 
 def _bands(

@@ -314,7 +314,12 @@ def result_of(
         upstream_retries=tally.upstream_retries,
         failed=tally.errors,
         overrun=max(0.0, operation_end - load_end),
-        restore=plan.restore if plan.kind in ("failover", "node-failure") else "",
+        # A swarm lab's broken task is replaced by Swarm itself: nothing is restored afterwards.
+        restore=""
+        if "replaced_after_s" in extra
+        else plan.restore
+        if plan.kind in ("failover", "node-failure")
+        else "",
     )
     if tally.cancelled:
         notes.append(f"{tally.cancelled:,} requests were still open when the load was stopped (not counted).")
