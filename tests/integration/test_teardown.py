@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import chaos, orchestrator
+from lab import chaos, loadbalancer, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images
