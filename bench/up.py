@@ -157,7 +157,9 @@ class FloorRunner:
         run(["docker", "network", "create", "--internal", "--label", BENCH_LABEL, self.network])
 
     def down(self) -> None:
-        names = run(["docker", "ps", "-aq", "--filter", f"label={BENCH_LABEL}", "--filter", f"name={self.network}"])
+        names = run(
+            ["docker", "ps", "-aq", "--filter", f"label={BENCH_LABEL}", "--filter", f"name={self.network}"]
+        )
         if names.split():
             run(["docker", "rm", "-f", *names.split()])
         run(["docker", "network", "rm", self.network])
@@ -184,7 +186,9 @@ class ComposeRunner:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10", help="replica counts compared with the floor and Compose")
-    parser.add_argument("--scaling", default="1,10,20,40", help="replica counts for lab up alone ('' to skip)")
+    parser.add_argument(
+        "--scaling", default="1,10,20,40", help="replica counts for lab up alone ('' to skip)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not shutil.which("docker-compose"):

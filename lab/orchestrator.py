@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lab import labels
 from lab import reaper as reapers
-from lab.engine import ContainerEngine, NetworkInfo
+from lab.engine import ACTIVE_ENDPOINTS, ContainerEngine, NetworkInfo
 from lab.errors import InvalidInput, LabError
 from lab.images import ensure_base_images
 from lab.loadbalancer import LoadBalancer
@@ -30,7 +30,6 @@ from lab.spec import LabSpec, parse_int_in_range, parse_replicas, parse_site, pa
 from lab.undo import sigint_ignored
 
 RUNNING_STATES = ("running", "restarting", "paused")
-ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 # Why a network of a lab stays behind when nothing of the lab is on it any more.
 STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
 

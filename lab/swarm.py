@@ -141,11 +141,6 @@ def initialise(engine: Engine) -> SwarmView:
     return view(engine)
 
 
-def initialised_by_lab(engine: Engine) -> bool:
-    current = view(engine)
-    return current.state == "active" and current.manager and labels.SWARM_INIT in engine.swarm_labels()
-
-
 @dataclass(frozen=True)
 class Released:
     left: bool
