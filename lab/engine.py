@@ -40,7 +40,6 @@ class ContainerRequest:
     binds: dict[str, str] = field(default_factory=dict)  # host path -> path inside; the host path must exist
     read_only: bool = False  # a read-only root file system
     volumes: dict[str, str] = field(default_factory=dict)  # named volume -> mount point
-    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +203,7 @@ class SwarmNode:
     engine_version: str
 
 
+ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 Filters = Mapping[str, Sequence[str]]  # the engine's label filters, e.g. {"label": ["lab.name=x"]}
 
 

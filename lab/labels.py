@@ -118,10 +118,3 @@ def for_session_reaper(session: str) -> dict[str, str]:
 def any_lab_filter() -> dict[str, list[str]]:
     """A Docker `filters` value matching resources of every lab."""
     return {"label": [NAME]}
-
-
-def reject_reserved(user_labels: dict[str, str]) -> None:
-    """Refuse user labels in the `lab.` namespace: those are how labs are found and removed."""
-    reserved = sorted(key for key in user_labels if key.startswith(PREFIX))
-    if reserved:
-        raise ValueError(f"labels in the reserved 'lab.' namespace: {', '.join(reserved)}")

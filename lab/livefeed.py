@@ -180,9 +180,6 @@ class LiveFeed:
             self._cached = None
             return self.model.note(kind, text, self._clock())
 
-    def refresh_soon(self) -> None:
-        self._dirty.set()
-
     # Threads ----------------------------------------------------------------------------------
     def _track(self, stream: Follow[Any]) -> bool:
         with self._lock:

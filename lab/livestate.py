@@ -20,7 +20,6 @@ from lab.accesslog import HORIZON_S, AccessLogReader, TrafficStats
 from lab.stats import expected_shares as method_shares
 
 SERVING, DRAINING, DOWN, STARTING = "serving", "draining", "down", "starting"
-STATES = (SERVING, DRAINING, DOWN, STARTING)
 # Kinds of events; the page and the terminal colour them by kind.
 KINDS = ("scale", "deploy", "chaos", "configure", "reload", "lb", "action", "verify", "watch")
 SETTLE_S = 0.3  # rate windows end this long before "now": the engine delivers lines a moment late

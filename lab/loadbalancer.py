@@ -19,12 +19,13 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import requests
 
 from lab import labels
-from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest, ContainerState
+from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest, ContainerState, Endpoint
 from lab.errors import Conflict, InvalidInput, LabError, NotReady
 from lab.progress import ProgressFn
 from lab.render import Server, nginx_view, render_nginx_conf
@@ -137,7 +138,7 @@ class LoadBalancer:
         cls,
         engine: ContainerEngine,
         spec: LabSpec,
-        members: Sequence[Member],
+        members: Sequence[Member] | None = None,
         *,
         image: str,
         frontend: str,
@@ -145,19 +146,21 @@ class LoadBalancer:
         config: str | None = None,
     ) -> LoadBalancer:
         """Create (not start) the load balancer on `frontend`, publishing the spec's port, and on
-        `backend`, where it reaches `members`; its config and spec are in place before it starts."""
+        `backend`, where it reaches `members` (default: every slot of the spec); its config and
+        spec are in place before it starts. nginx tests the config as it starts: `wait_serving`
+        reports a config it refused."""
         container = engine.create_container(lb_request(spec, image, frontend))
         engine.attach(backend, container)
         engine.put_files(
             container, {NGINX_CONF: config or render(spec, members)[0], SPEC_FILE: spec_json(spec)}
         )
-        return cls(engine, engine.inspect(container) or container)
+        return cls(engine, replace(container, networks={**container.networks, backend: Endpoint()}))
 
     @staticmethod
     def test_config(engine: ContainerEngine, spec: LabSpec, image: str, config: str) -> None:
-        """`nginx -t` a config in a throwaway container of the load balancer's image, before any
-        replica runs: the replicas' names are mapped to a placeholder address, as nginx resolves
-        upstream host names while testing."""
+        """`nginx -t` a config in a throwaway container of the load balancer's image (`lab compose`
+        tests the config it writes): the replicas' names are mapped to a placeholder address, as
+        nginx resolves upstream host names while testing."""
         req = ContainerRequest(
             name=f"{spec.name}-config-check-{int(time.time() * 1000) % 100000}",
             image=image,
@@ -299,6 +302,20 @@ class LoadBalancer:
             time.sleep(0.05)
 
     # Waiting for it --------------------------------------------------------------------------
+    def raise_if_config_refused(self) -> None:
+        """nginx tests its config as it starts and exits on an error (its restart policy then tries
+        again and again): say so at once, with its log. Names that do not resolve yet are no error
+        of the config (Docker's DNS may answer late on a busy engine): those are waited out."""
+        state = self.state().status
+        if state not in ("restarting", "exited", "dead"):
+            return
+        log = self.logs(tail=20)
+        refused = [line for line in log.splitlines() if "[emerg]" in line and "host not found" not in line]
+        if refused:
+            raise LabError(
+                "the rendered nginx config failed `nginx -t` (nginx refused it as it started)", detail=log
+            )
+
     def wait_serving(
         self, spec: LabSpec, names: Sequence[str], progress: ProgressFn, *, deadline: float
     ) -> None:
@@ -331,6 +348,7 @@ class LoadBalancer:
                     break
                 if answered:
                     continue  # it serves: no need to ask the engine how it is
+                self.raise_if_config_refused()
                 status = self.state().status
                 # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
                 # not resolve the replicas' names for a few seconds (a busy engine, or one entering or

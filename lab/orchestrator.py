@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +19,10 @@ from pathlib import Path
 from lab import labels, swarm
 from lab import reaper as reapers
 from lab import watcher as watchers
-from lab.engine import ContainerEngine, ContainerInfo, NetworkInfo
+from lab.engine import ACTIVE_ENDPOINTS, ContainerEngine, ContainerInfo, NetworkInfo
 from lab.errors import InvalidInput, LabError, SwarmError
 from lab.images import ensure_base_images
-from lab.loadbalancer import LoadBalancer, render
+from lab.loadbalancer import LoadBalancer
 from lab.progress import EventFn, ProgressFn, Timings, as_progress, quiet
 from lab.replicas import ContainerReplicas, ReplicaBackend, SiteImage, create_network, probe_all
 from lab.results import LabStatus, Leftover, MemberStatus, Removed
@@ -32,7 +33,6 @@ from lab.taskwatch import last_change
 from lab.undo import Undo, sigint_ignored, undo_on_failure
 
 RUNNING_STATES = ("running", "restarting", "paused")
-ACTIVE_ENDPOINTS = "active endpoints"  # how the engine refuses to remove a network something is on
 # Why a network of a lab stays behind when nothing of the lab is on it any more.
 SERVICE_PATIENCE = 40.0  # seconds a swarm lab's overlay may stay in use while its tasks stop (10 s grace)
 STUCK = "the engine still counts an endpoint on it; restart the Docker engine to clear it"
@@ -59,7 +59,7 @@ def up(
     phase = (timings or Timings()).phase
     on_swarm = spec.engine == "swarm"
     with phase("checks"):
-        _refuse_if_present(engine, spec)
+        stuck = _refuse_if_present(engine, spec)
         _refuse_if_port_taken(spec.bind, spec.port)
         if on_swarm:
             swarm_check(engine, init=init)  # refused before anything is built or made
@@ -68,54 +68,80 @@ def up(
             reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
     with phase("image check"):
         base = ensure_base_images(engine, progress=progress)
-        ref, version = ensure_site_image(engine, spec.site, base.httpd, progress)
+        image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
         watcher_image = watchers.ensure_image(engine, progress) if on_swarm else ""
-    config = render(spec)[0]
+    expires_at = None
     with undo_on_failure() as undo, rollback_on_failure(engine, spec.name):
-        with phase("networks"):
+        with phase("backend network"):
             backend = _prepare_backend(engine, spec, init=init, undo=undo, progress=progress)
-            frontend = create_network(
-                engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
-            )
-        with phase("replica start"), ThreadPoolExecutor(max_workers=1) as side:
-            # Testing the config and creating the load balancer need no replica, so they happen
-            # while the replicas start; if the config fails its test, the start stops. Leaving
-            # this block waits for the side task, so a rollback never races it.
-            def prepare() -> LoadBalancer:
-                with phase("nginx config test (beside the replicas)"):
-                    LoadBalancer.test_config(engine, spec, base.nginx, config)
-                with phase("load balancer create (beside the replicas)"):
-                    return LoadBalancer.create(
-                        engine,
-                        spec,
-                        [],
-                        image=base.nginx,
-                        frontend=frontend,
-                        backend=backend.network,
-                        config=config,
-                    )
+        all_started, abandoned = threading.Event(), threading.Event()
 
-            prepared = side.submit(prepare)
-            members = backend.start(spec, SiteImage(ref, version), progress, beside=prepared)
-            lb = prepared.result()
-        with phase("load balancer start"):
-            lb.prime(spec, members)  # a swarm's tasks are named by address: known only now
-            lb.start(spec, progress)
+        def load_balancer() -> tuple[LoadBalancer, str]:
+            """Made while the replicas start (it needs none of them), and started as soon as every
+            replica runs: their names resolve then, and nginx tests its config as it starts. No
+            request reaches it before every replica listens (see `wait_serving`)."""
+            with phase("frontend network, load balancer create (beside the replicas)"):
+                frontend = create_network(
+                    engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
+                )
+                lb = LoadBalancer.create(
+                    engine, spec, image=base.nginx, frontend=frontend, backend=backend.network
+                )
+            while not all_started.wait(0.02):
+                if abandoned.is_set():
+                    return lb, frontend
+            with phase("load balancer start (beside the replicas listening)"):
+                if on_swarm:  # its tasks are named by address, known only once they run
+                    lb.prime(spec, backend.members())
+                lb.start(spec, progress)
+            return lb, frontend
+
+        with phase("replica start"), ThreadPoolExecutor(max_workers=1) as side:
+            # Leaving this block waits for the side task, so a rollback never races it.
+            prepared = side.submit(load_balancer)
+            try:
+                members = backend.start(spec, image, progress, beside=prepared, started=all_started)
+            except BaseException:
+                abandoned.set()
+                raise
+            lb, frontend = prepared.result()
+        watcher = None
         if on_swarm:
             with phase("watcher start"):
-                watchers.start(engine, spec.name, watcher_image, progress)
+                watcher = watchers.start(engine, spec.name, watcher_image, progress)
         with phase("readiness"):
             names = list(dict.fromkeys(m.name for m in members))
             lb.wait_serving(spec, names, progress, deadline=time.monotonic() + timeout)
         if ttl is not None:
             progress("starting the reaper that removes the lab when its time is up", None)
             with phase("reaper start"):
-                reapers.start_deadline_reaper(engine, spec.name, ttl)
-    answered = "ok"  # each one has just answered through the load balancer
-    with phase("status"):
-        return status(
-            engine, spec.name, known={name: answered for name in [spec.lb_name, *spec.replica_names()]}
-        )
+                expires_at = reapers.start_deadline_reaper(engine, spec.name, ttl)
+    # Everything is known: each one has just answered through the load balancer.
+    return LabStatus(
+        name=spec.name,
+        url=spec.url,
+        algorithm=spec.algorithm,
+        load_balancer=MemberStatus(lb.name, labels.ROLE_LB, 0, "running", "ok", base.nginx, ""),
+        replicas=tuple(
+            MemberStatus(
+                m.name,
+                labels.ROLE_WEB,
+                m.index,
+                "running",
+                "ok",
+                m.image,
+                m.version,
+                slot=m.slot,
+                node=m.node,
+            )
+            for m in members
+        ),
+        networks=tuple(sorted([backend.network, frontend, *(n.name for n in stuck)])),
+        stuck_networks=stuck,
+        expires_at=expires_at,
+        engine=spec.engine,
+        watcher=_watcher_status(watcher) if watcher else None,
+    )
 
 
 def swarm_check(engine: ContainerEngine, *, init: bool) -> None:
@@ -133,10 +159,11 @@ def _prepare_backend(
     return ContainerReplicas.prepare(engine, spec)
 
 
-def _refuse_if_present(engine: ContainerEngine, spec: LabSpec) -> None:
+def _refuse_if_present(engine: ContainerEngine, spec: LabSpec) -> tuple[Leftover, ...]:
     """Refuse a lab that runs; remove what a dead one left (an engine restart, a killed `lab`).
 
-    A network the engine will not release is left alone: `up` names its own networks afresh.
+    A network the engine will not release is left alone (returned, with the reason): `up` names
+    its own networks afresh.
     """
     existing = engine.containers(labels.lab_filter(spec.name))
     running = [c for c in existing if c.status in ("running", "restarting", "created")]
@@ -153,6 +180,8 @@ def _refuse_if_present(engine: ContainerEngine, spec: LabSpec) -> None:
                 f"lab {spec.name!r} left container {kept[0].name} behind and the engine did not remove it: "
                 f"{kept[0].reason}"
             )
+        return tuple(sorted((left for left in removed.left if left.kind == "network"), key=lambda n: n.name))
+    return ()
 
 
 def _refuse_if_port_taken(bind: str, port: int) -> None:
@@ -362,7 +391,7 @@ def down(engine: ContainerEngine, name: str) -> Removed:
     """Remove lab `name`. The last swarm lab on a swarm the lab initialised leaves it again, unless
     something else uses it (nodes, services, overlays: `Removed.swarm` says which)."""
     removed = remove_lab(engine, name)
-    if removed.services and swarm.initialised_by_lab(as_swarm(engine)):
+    if removed.services and swarm.lab_initialised(as_swarm(engine)):
         released = swarm.release_if_unused(as_swarm(engine))
         return replace(removed, swarm=released.reason)
     return removed

@@ -86,10 +86,17 @@ class ReplicaBackend(Protocol):
         ...
 
     def start(
-        self, spec: LabSpec, image: SiteImage, progress: ProgressFn, *, beside: Future[Any] | None = None
+        self,
+        spec: LabSpec,
+        image: SiteImage,
+        progress: ProgressFn,
+        *,
+        beside: Future[Any] | None = None,
+        started: threading.Event | None = None,
     ) -> list[Member]:
-        """Run every slot of `spec` and return once each listens (`up`). If anything fails (or the
-        task `beside`), return only once nothing is being created any more, and raise."""
+        """Run every slot of `spec` and return once each listens (`up`); `started` is set once every
+        one runs (their names resolve). If anything fails (or the task `beside`), return only once
+        nothing is being created any more, and raise."""
         ...
 
     def scale(self, spec: LabSpec, lb: LoadBalancer, on_event: EventFn | None) -> list[Member]:
@@ -160,8 +167,10 @@ def start_containers(
     progress: ProgressFn,
     *,
     beside: Future[Any] | None = None,
+    started: threading.Event | None = None,
 ) -> list[ContainerInfo]:
     """Create and start containers in parallel; return once each has logged that it listens.
+    `started` is set once every container has been started (before they listen).
 
     If anything fails (a start here, or the task `beside` that runs next to them), or the user
     interrupts, workers stop creating, those already started are killed, and this returns (by
@@ -171,11 +180,11 @@ def start_containers(
     """
     cancelled = threading.Event()
     waiting: dict[str, ContainerInfo] = {}  # started, and followed until they say they listen
-    done = 0
+    done = running = 0
     lock = threading.Lock()
 
     def create_start_wait(req: ContainerRequest) -> ContainerInfo:
-        nonlocal done
+        nonlocal done, running
         if cancelled.is_set():
             raise _Cancelled
         container = engine.create_container(req)
@@ -184,6 +193,9 @@ def start_containers(
         engine.start(container)
         with lock:
             waiting[container.name] = container
+            running += 1
+            if running == len(requests_) and started is not None:
+                started.set()
         try:
             if cancelled.is_set():
                 raise _Cancelled
@@ -374,11 +386,17 @@ class ContainerReplicas:
         return max((labels.replica_index(c.labels) for c in self._web()), default=0) + 1
 
     def start(
-        self, spec: LabSpec, image: SiteImage, progress: ProgressFn, *, beside: Future[Any] | None = None
+        self,
+        spec: LabSpec,
+        image: SiteImage,
+        progress: ProgressFn,
+        *,
+        beside: Future[Any] | None = None,
+        started: threading.Event | None = None,
     ) -> list[Member]:
         requests_ = [replica_request(spec, i, i, image, self.network) for i in spec.indices()]
-        started = start_containers(self.engine, requests_, progress, beside=beside)
-        return by_slot([self._member(c) for c in started])
+        running = start_containers(self.engine, requests_, progress, beside=beside, started=started)
+        return by_slot([self._member(c) for c in running])
 
     def add(
         self, spec: LabSpec, slots: Sequence[int], image: SiteImage, on_event: EventFn | None

@@ -141,7 +141,8 @@ def initialise(engine: Engine) -> SwarmView:
     return view(engine)
 
 
-def initialised_by_lab(engine: Engine) -> bool:
+def lab_initialised(engine: Engine) -> bool:
+    """Whether this engine manages a swarm the lab initialised (its record is on the swarm)."""
     current = view(engine)
     return current.state == "active" and current.manager and labels.SWARM_INIT in engine.swarm_labels()
 

@@ -20,6 +20,7 @@ Swarm's choice (it evens out the nodes), so slots may have gaps; weights still f
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -256,14 +257,23 @@ class SwarmReplicas:
 
     # Changing ---------------------------------------------------------------------------------
     def start(
-        self, spec: LabSpec, image: SiteImage, progress: ProgressFn, *, beside: Future[Any] | None = None
+        self,
+        spec: LabSpec,
+        image: SiteImage,
+        progress: ProgressFn,
+        *,
+        beside: Future[Any] | None = None,
+        started: threading.Event | None = None,
     ) -> list[Member]:
         """Create the service and return once each of its tasks runs (and so answers its health
-        check). The rollback (by label) removes the service if anything fails."""
+        check: `started` is set then too). The rollback (by label) removes the service if anything fails."""
         placed = self.place(image, progress)
         progress(f"creating service {self.service} ({spec.replicas} tasks)", 0.0)
         self.engine.create_service(service_request(spec, placed, self.network))
-        return self.wait_tasks(spec.replicas, progress, beside=beside)
+        members = self.wait_tasks(spec.replicas, progress, beside=beside)
+        if started is not None:
+            started.set()
+        return members
 
     def wait_tasks(
         self,

@@ -28,7 +28,6 @@ MAX_CONCURRENCY = 1024
 MAX_CLIENTS = 100_000
 DEFAULT_REQUESTS = 1000
 DEFAULT_HASH_CLIENTS = 60
-NGINX_WORKERS = 2  # worker_processes auto on this machine's 2 cores; only matters without a zone
 RUN_HEADER = "X-Lab-Run"
 
 _LOG_LINE = re.compile(
@@ -224,8 +223,6 @@ def verify(
         per_client=per_client,
         latencies=[stats.LatencySample.of(tally.latency_by_replica.get(r)) for r in replicas],
         concurrency=plan.concurrency,
-        workers=NGINX_WORKERS,
-        shared_state=True,
         retries=tally.upstream_retries,
         alpha=alpha,
     )

@@ -279,7 +279,7 @@ def test_rm_one_node_takes_its_container_volume_and_swarm_entry(lab_engine: Engi
     assert result.code == 0, result.stderr
     assert node.name not in {c.name for c in nodes.node_containers(lab_engine)}
     assert not lab_engine.volume_exists(nodes.volume_name(node.name))
-    assert node.node_id not in {e["ID"] for e in lab_engine.swarm_nodes()}
+    assert node.node_id not in {e.id for e in lab_engine.swarm_nodes()}
     assert swarm.view(lab_engine).state == "active"  # two nodes are left: the swarm stays
 
 

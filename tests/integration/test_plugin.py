@@ -20,6 +20,7 @@ import pytest
 
 from lab import labels, orchestrator, reaper
 from lab.docker_ops import Engine
+from lab.loadbalancer import LoadBalancer
 from lab.pytest_plugin import LabHandle, running_lab, unique_name
 from tests.integration.conftest import left_by, new_session_id, remove_session, wait_until_reaper_gone
 
@@ -285,7 +286,7 @@ def test_running_lab_works_without_pytest_and_rolls_back_an_interrupted_up(
     def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(orchestrator, "wait_served_by_all", interrupted)  # after everything was created
+    monkeypatch.setattr(LoadBalancer, "wait_serving", interrupted)  # after everything was created
     name = unique_name()
     with pytest.raises(KeyboardInterrupt), running_lab(lab_engine, name=name, replicas=1):
         pass

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import chaos, orchestrator
+from lab import chaos, loadbalancer, orchestrator
 from lab.docker_ops import Engine
 from lab.errors import LabError
 from lab.images import ensure_base_images
@@ -94,13 +94,13 @@ def test_a_network_held_by_someone_elses_container_never_blocks_the_lab(
     assert leftovers(lab_engine, lab_name) == (0, 0)
 
 
-def test_a_config_that_fails_its_test_rolls_back_mid_start_and_leaves_nothing(
+def test_a_config_that_fails_its_test_rolls_back_and_leaves_nothing(
     lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = LabSpec.create(name=unique_name(), replicas=24, port=free_port())
-    broken = orchestrator.render_nginx_conf
+    broken = loadbalancer.render_nginx_conf
     monkeypatch.setattr(
-        orchestrator, "render_nginx_conf", lambda view: broken(view).replace("keepalive 32;", "keepalive;")
+        loadbalancer, "render_nginx_conf", lambda view: broken(view).replace("keepalive 32;", "keepalive;")
     )
     try:
         with pytest.raises(LabError, match="nginx -t"):

@@ -160,7 +160,12 @@ class FakeEngine:
     def start(self, container: ContainerInfo) -> None:
         found = self._get(container)
         found.status = "running"
+        if self._refuses_config(found):
+            found.status = "restarting"  # nginx exits at start, and its restart policy tries again
         self.started.add(found.name)
+
+    def _refuses_config(self, container: FakeContainer) -> bool:
+        return not self.config_ok and container.labels.get("lab.role") == "lb"
 
     def stop(self, container: ContainerInfo, timeout: int) -> None:
         found = self._by_id(container)
@@ -267,6 +272,9 @@ class FakeEngine:
         return 0 if self.config_ok else 1
 
     def logs(self, container: ContainerInfo, tail: int = 40) -> str:
+        found = self._by_id(container)
+        if found is not None and self._refuses_config(found):
+            return 'nginx: [emerg] invalid number of arguments in "keepalive" directive (fake)'
         return f"log of {container.name}"
 
     def log_lines(self, container: ContainerInfo, since: float) -> Iterator[str]:

@@ -27,12 +27,6 @@ def test_filters_select_one_lab_and_optionally_one_role() -> None:
     assert labels.any_lab_filter() == {"label": ["lab.name"]}
 
 
-def test_user_labels_may_not_use_the_reserved_namespace() -> None:
-    labels.reject_reserved({"team": "a"})
-    with pytest.raises(ValueError, match="lab.name"):
-        labels.reject_reserved({"lab.name": "other", "team": "a"})
-
-
 def test_new_session_ids_are_unique_and_not_what_old_sweeps_remove() -> None:
     first, second = labels.new_session_id(), labels.new_session_id()
     assert first != second and first.startswith("pytest.")

@@ -161,7 +161,10 @@ def test_engine_events_tell_the_load_balancers_life_and_reloads() -> None:
     lb = {"lab.role": "lb", "exitCode": "137"}
     assert engine_event("die", lb) == ("lb", "load balancer exited (exit 137)")
     assert engine_event("start", lb) == ("lb", "load balancer started")
-    reload = "exec_start: sh -c cp /etc/nginx/nginx.conf /etc/nginx/nginx.conf.previous && nginx -s reload"
+    reload = (
+        "exec_start: sh -c mv /etc/nginx/nginx.conf.next /etc/nginx/nginx.conf && "
+        "mv /etc/nginx/lab-spec.json.next /etc/nginx/lab-spec.json && nginx -s reload"
+    )
     assert engine_event(reload, lb) == ("reload", "nginx reloads its config gracefully")
     assert engine_event("exec_start: nginx -t -q -c /etc/nginx/nginx.conf.next", lb) is None
     assert engine_event("die", {"lab.role": "web"}) is None

@@ -146,6 +146,7 @@ def served_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """No HTTP: the fake's load balancer counts as serving as soon as it runs."""
 
     def wait_serving(self: LoadBalancer, *_: object, **__: object) -> None:
+        self.raise_if_config_refused()
         assert self.state().status == "running"
 
     monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
@@ -174,7 +175,7 @@ def test_up_starts_every_slot_and_the_load_balancer_with_config_and_spec_from_on
     assert upstream_weights(config) == ((3, 1, 1), None)
     lb = engine.container("fake-lb")
     assert lb.status == "running" and sorted(lb.networks) == ["fake-backend", "fake-frontend"]
-    assert not names(engine, labels.ROLE_CHECK)  # the throwaway config test is gone again
+    assert not names(engine, labels.ROLE_CHECK)  # nginx tests its config as it starts: no throwaway container
 
 
 @pytest.mark.usefixtures("served_at_once")
