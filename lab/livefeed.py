@@ -33,8 +33,9 @@ from lab.livestate import (
 )
 from lab.loadbalancer import LoadBalancer
 from lab.render import BACKEND_PORT
-from lab.replicas import ContainerReplicas
+from lab.replicas import ContainerReplicas, Member
 from lab.spec import LabSpec
+from lab.swarm_replicas import SwarmReplicas
 
 if TYPE_CHECKING:
     from lab.docker_ops import Engine, Follow
@@ -67,6 +68,10 @@ def snapshot(engine: Engine, name: str, backend: str | None = None) -> Membershi
     replicas = tuple(
         _replica(engine, c, network) for c in containers if c.labels.get(labels.ROLE) == labels.ROLE_WEB
     )
+    services = engine.services(labels.lab_filter(name, labels.ROLE_SERVICE))
+    if services:  # a swarm lab: its replicas are the service's tasks, on whichever node
+        tasks = SwarmReplicas(engine, name, network, services[0].name).replicas()
+        replicas = tuple(_task(m) for m in tasks)
     if lb is None:
         return Membership(lab=name, lb_status="missing", replicas=replicas)
     balancer = LoadBalancer(engine, lb)
@@ -103,6 +108,18 @@ def _replica(engine: Engine, container: ContainerInfo, backend: str) -> ReplicaI
         address=f"{ip}:{BACKEND_PORT}" if ip else None,
         version=container.labels.get(labels.SITE_VERSION, ""),
         exit_code=engine.state(container).exit_code if stopped else None,
+    )
+
+
+def _task(member: Member) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=member.name,
+        index=member.slot,
+        status=member.status,
+        connected=bool(member.address),
+        address=f"{member.address}:{BACKEND_PORT}" if member.address else None,
+        version=member.version,
+        exit_code=None,
     )
 
 

@@ -184,8 +184,7 @@ class LoadBalancer:
 
     def prime(self, spec: LabSpec, members: Sequence[Member]) -> None:
         """Before its first start: the config for `members`, if it is not the one it was created with
-        (a swarm's tasks are named by address, known only once they run; it was tested at `create`'s
-        side, and these differ only in the servers' addresses)."""
+        (a swarm's tasks are named by address, known only once they run). nginx tests it as it starts."""
         config = render(spec, members)[0]
         if config != render(spec)[0]:
             self.engine.put_files(self.container, {NGINX_CONF: config, SPEC_FILE: spec_json(spec)})

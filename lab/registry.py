@@ -295,6 +295,9 @@ def running_registries(engine: Engine) -> list[tuple[RegistryNames, int]]:
 def lab_site_image(engine: Engine, lab: str) -> tuple[str, str]:
     """The (image, site version) lab `lab` serves, read from its replicas."""
     replicas = engine.containers(labels.lab_filter(lab, labels.ROLE_WEB))
+    services = engine.services(labels.lab_filter(lab, labels.ROLE_SERVICE)) if not replicas else []
+    if services:  # a swarm lab: the image its service runs
+        return services[0].image, services[0].container_labels.get(labels.SITE_VERSION, "")
     if not replicas:
         raise LabError(f"there is no lab named {lab!r} to push from; start one with `lab up --name {lab}`")
     newest = max(replicas, key=lambda c: labels.replica_index(c.labels))
