@@ -54,7 +54,13 @@ _WORKERS = (
 )
 
 
-_SERVER_LINE = re.compile(r"^\s*server (\S+):\d+ ", re.MULTILINE)
+# A `server` line of a rendered config (lab.livestate reads them too, but loads the statistics).
+_SERVER_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9_.:-]+?):(\d+)\b", re.MULTILINE)
+
+
+def upstream_hosts(config: str) -> list[str]:
+    """The hosts of the `server` lines of a rendered config, in order (what nginx balances over)."""
+    return [m.group(1) for m in _SERVER_LINE.finditer(config)]
 
 
 def spec_json(spec: LabSpec) -> str:
@@ -87,11 +93,6 @@ def servers(members: Sequence[Member]) -> list[Server]:
 def spec_digest(spec: LabSpec) -> str:
     """What `apply(..., based_on=spec)` compares the stored spec with."""
     return hashlib.sha256(spec_json(spec).encode()).hexdigest()
-
-
-def upstream_hosts(config: str) -> list[str]:
-    """The hosts of the `server` lines of a rendered config, in order (what nginx balances over)."""
-    return [m.group(1) for m in _SERVER_LINE.finditer(config)]
 
 
 def swap_script(moves: Sequence[tuple[str, str]], expected_digest: str | None) -> str:

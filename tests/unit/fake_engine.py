@@ -96,7 +96,7 @@ class FakeEngine:
         self.killed: list[str] = []
         self.started: set[str] = set()
         self.log_waits_timed_out = 0
-        self.events: list[str] = []  # "remove container X", "remove network Y", ..., in order
+        self.history: list[str] = []  # "remove container X", "remove network Y", ..., in order
         self._ids = 0
 
     # Finding things ------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class FakeEngine:
         found = self._by_id(container)
         if found is not None:
             found.status = "exited"
-            self.events.append(f"stop {found.name}")
+            self.history.append(f"stop {found.name}")
 
     def kill(self, containers: Iterable[ContainerInfo]) -> None:
         for container in containers:
@@ -180,7 +180,7 @@ class FakeEngine:
                 continue
             with self.lock:
                 self.killed.append(found.name)
-                self.events.append(f"kill {found.name}")
+                self.history.append(f"kill {found.name}")
             found.status = "exited"
 
     def pause(self, container: ContainerInfo) -> None:
@@ -197,7 +197,7 @@ class FakeEngine:
 
     def release_endpoints(self, container: ContainerInfo) -> None:
         with self.lock:
-            self.events.append(f"release {container.name}")
+            self.history.append(f"release {container.name}")
             found = self._by_id(container)
             if found is not None:
                 found.networks = []
@@ -237,7 +237,7 @@ class FakeEngine:
             for source, target in re.findall(r"mv (\S+) (\S+)", script):
                 found.files[target] = found.files.pop(source)
             found.workers += 1
-            self.events.append(f"reload {found.name}")
+            self.history.append(f"reload {found.name}")
             return 0, ""
         if "wc -l" in text:  # old workers still draining
             return 0, "0"
@@ -289,7 +289,7 @@ class FakeEngine:
                 if found is None or found.name in self.unremovable:
                     continue
                 del self.by_name[found.name]
-                self.events.append(f"remove container {found.name}")
+                self.history.append(f"remove container {found.name}")
                 removed += 1
             return removed
 
@@ -299,7 +299,7 @@ class FakeEngine:
     def remove_network(self, network: NetworkInfo, *, patience: float = 0.0) -> str:
         with self.lock:
             self.races += self.in_flight > 0
-            self.events.append(f"remove network {network.name}")
+            self.history.append(f"remove network {network.name}")
         found = self.networks_by_name.get(network.name)
         if found is None:
             return ""

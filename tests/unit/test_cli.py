@@ -101,3 +101,28 @@ def test_registry_and_node_bad_input_is_one_line_and_exit_2(args: list[str], mes
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--engine", "kubernetes"], "unknown engine 'kubernetes'; choose docker"),
+        (["up", "--engine", ""], "unknown engine ''"),
+        (["up", "--init"], "--init is for --engine swarm"),
+        (
+            ["experiment", "node-failure", "--restore", "during"],
+            "restore must be one of after, no for a node failure",
+        ),
+        (["experiment", "node-failure", "--node", "Bad Node"], "node must be a node name such as lab-node-1"),
+        (["experiment", "node-failure", "--how", "kill"], "a node-failure experiment does not take how"),
+        (["experiment", "scale", "--node", "lab-node-1"], "a scale experiment does not take node"),
+    ],
+)
+def test_swarm_bad_input_is_one_line_and_exit_2_before_any_engine_is_asked(
+    args: list[str], message: str
+) -> None:
+    result = lab(*args, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

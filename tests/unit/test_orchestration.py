@@ -109,9 +109,11 @@ def test_containers_go_before_networks_are_removed() -> None:
     removed = orchestrator.remove_lab(engine, "fake")
     assert (removed.containers, removed.networks, removed.left) == (4, 1, ())
     started = sorted(engine.started)
-    assert sorted(engine.events[:4]) == [f"release {n}" for n in started]  # one at a time, before any removal
-    assert sorted(engine.events[4:8]) == [f"remove container {n}" for n in started]
-    assert engine.events[8:] == ["remove network fake-backend"]
+    assert sorted(engine.history[:4]) == [
+        f"release {n}" for n in started
+    ]  # one at a time, before any removal
+    assert sorted(engine.history[4:8]) == [f"remove container {n}" for n in started]
+    assert engine.history[8:] == ["remove network fake-backend"]
 
 
 def test_replicas_waiting_for_their_log_are_killed_so_a_rollback_does_not_wait_for_them() -> None:
@@ -121,7 +123,7 @@ def test_replicas_waiting_for_their_log_are_killed_so_a_rollback_does_not_wait_f
         start_containers(engine, replica_requests(), quiet)
     assert engine.started - {"fake-web-4"} <= set(engine.killed)
     for name in engine.killed:  # taken off the network before the kill, so no two endpoints go at once
-        assert engine.events.index(f"release {name}") < engine.events.index(f"kill {name}")
+        assert engine.history.index(f"release {name}") < engine.history.index(f"kill {name}")
     assert not engine.log_waits_timed_out  # each wait ended because its container was killed
 
 
@@ -215,7 +217,7 @@ def test_scaling_down_removes_the_highest_slots_after_taking_them_out_of_the_ups
     config, stored = lb_files(engine)
     assert stored == scaled.spec and upstream_weights(config) == ((3, 1), None)
     # The upstream changed (a reload) before the retired replicas stopped.
-    assert engine.events.index("reload fake-lb") < engine.events.index("stop fake-web-3")
+    assert engine.history.index("reload fake-lb") < engine.history.index("stop fake-web-3")
 
 
 @pytest.mark.usefixtures("served_at_once")
