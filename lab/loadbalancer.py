@@ -63,6 +63,15 @@ def upstream_hosts(config: str) -> list[str]:
     return [m.group(1) for m in _SERVER_LINE.finditer(config)]
 
 
+_GENERATION = re.compile(r"add_header\s+X-Lab-Config\s+(\S+)")
+
+
+def config_generation(config: str) -> str:
+    """The generation a rendered config answers with (its X-Lab-Config header); "" if none."""
+    found = _GENERATION.search(config)
+    return found.group(1) if found else ""
+
+
 def spec_json(spec: LabSpec) -> str:
     """The spec as stored: a label on the container (as created) and a file in it (as now)."""
     return json.dumps(spec.as_dict(), sort_keys=True)
@@ -276,6 +285,15 @@ class LoadBalancer:
     def upstream(self) -> list[str]:
         """The hosts its config balances over now."""
         return upstream_hosts(self.config())
+
+    def answers_with(self, spec: LabSpec, generation: str) -> bool:
+        """Whether a new connection to it on loopback is answered by the config of `generation`
+        (its workers reload a moment after the config file changed)."""
+        try:
+            response = requests.get(spec.url, timeout=2, headers={"Connection": "close"})
+        except requests.RequestException:
+            return False
+        return response.headers.get("X-Lab-Config", "") == generation
 
     def active_workers(self) -> set[str]:
         """The /proc entries of nginx workers that take new connections (not the old, draining ones)."""

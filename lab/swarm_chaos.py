@@ -166,7 +166,7 @@ def restore(engine: ContainerEngine, lab: RunningLab, on_event: EventFn | None =
     backend = cast(SwarmReplicas, lab.backend)
     service = as_swarm(engine).service(backend.service)
     replicas = service.replicas if service and service.replicas is not None else lab.spec.replicas
-    backend.follow(replicas, lab.lb, None)
+    backend.follow(lab.spec, replicas, lab.lb, None)
     if fixed:
         _say(on_event, f"chaos: restored {', '.join(fixed)}")
     return fixed

@@ -47,6 +47,8 @@ from lab.results import MemberStatus
 from lab.spec import LabSpec
 from lab.undo import Undo
 
+from lab.loadbalancer import config_generation, upstream_hosts
+
 if TYPE_CHECKING:
     from lab.loadbalancer import LoadBalancer
 
@@ -317,7 +319,7 @@ class SwarmReplicas:
         lb.apply(spec, members, based_on=lb.spec())
         self.engine.update_service(self.service, replicas=spec.replicas)
         _announce(on_event, f"service {self.service}: {spec.replicas} replicas asked of Swarm")
-        return self.follow(spec.replicas, lb, on_event, known=members).members
+        return self.follow(spec, spec.replicas, lb, on_event, known=members).members
 
     def roll_out(
         self,
@@ -352,6 +354,7 @@ class SwarmReplicas:
         replicas = len({m.slot for m in members}) or new.replicas
         try:
             settled = self.follow(
+                new,
                 replicas,
                 lb,
                 on_event,
@@ -368,6 +371,7 @@ class SwarmReplicas:
 
     def follow(
         self,
+        spec: LabSpec,
         replicas: int,
         lb: LoadBalancer,
         on_event: EventFn | None,
@@ -379,7 +383,7 @@ class SwarmReplicas:
         timeout: float = FOLLOW_TIMEOUT,
     ) -> Settled:
         """Report tasks as they come and go until `replicas` tasks serve and the upstream holds
-        exactly them. For a deploy (`version`, `previous`, and `before`: when the service's last update
+        exactly them (its config names them, and new connections to `spec`'s URL meet it). For a deploy (`version`, `previous`, and `before`: when the service's last update
         had begun before this one was asked): until the new update is complete and every task runs
         `version`; DeployFailed once Swarm has rolled it back. Tasks `known` before are not news."""
         began = self.clock()
@@ -408,7 +412,8 @@ class SwarmReplicas:
                 )
             target = [m for m in members if version is None or m.version == version]
             done = len(target) == replicas == len(members) and (version is None or state == "completed")
-            if done and set(lb.upstream()) == set(current):
+            config = lb.config() if done else ""
+            if done and set(upstream_hosts(config)) == set(current) and lb.answers_with(spec, config_generation(config)):
                 _announce(on_event, f"upstream: {len(members)} tasks (the watcher reloaded nginx)")
                 return Settled(members, True)
             if self.clock() - began > timeout:

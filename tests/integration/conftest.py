@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from lab import labels, orchestrator, reaper
+from lab import labels, orchestrator, reaper, swarm
 from lab.docker_ops import Engine
 from lab.engine import ContainerInfo
 from lab.pytest_plugin import unique_name
@@ -113,3 +113,42 @@ def wait_until_reaper_gone(engine: Engine, session: str, timeout: float = 60) ->
         assert time.monotonic() - began < timeout, f"the reaper of {session} is still there"
         time.sleep(0.2)
     return time.monotonic() - began
+
+
+# One swarm for the whole session -------------------------------------------------------------------
+@dataclass(frozen=True)
+class SwarmFound:
+    """What must be the same once the session's swarm tests are done as before them."""
+
+    state: str
+    cluster: str
+    gwbridge: bool
+
+
+def swarm_found(engine: Engine) -> SwarmFound:
+    info = engine.swarm_state()
+    cluster = str((info.get("Cluster") or {}).get("ID") or "")
+    return SwarmFound(str(info.get("LocalNodeState")), cluster, engine.network(swarm.GWBRIDGE) is not None)
+
+
+@pytest.fixture(scope="session")
+def swarm_manager(lab_engine: Engine) -> Iterator[swarm.Manager]:
+    """This engine as a swarm manager, once for the whole session: entering and leaving swarm mode
+    disturbs container DNS on the engine for a moment (others' tests run on it too), so it happens
+    here only. If the engine is in no swarm, the lab's own code initialises one (with the lab's
+    record) and leaves it at the end as it found it; a swarm that exists is used and left alone.
+    Meanwhile an overlay network of the session pins it, so no test's `lab down` leaves it."""
+    engine = lab_engine
+    before = swarm_found(engine)
+    if before.state == "active" and not swarm.view(engine).manager:
+        pytest.fail("this engine is a swarm worker; the swarm tests need a manager (or no swarm)")
+    manager = swarm.ensure_manager(engine, init=True)
+    pin = engine.create_overlay_network(unique_name("swarm-pin"), labels.for_component("swarm-pin"))
+    try:
+        yield manager
+    finally:
+        engine.remove_networks([pin], patience=60)
+        if manager.initialised:
+            released = swarm.release_if_unused(engine)
+            assert released.left, f"the session's swarm stays: {released.reason}"
+            assert swarm_found(engine) == before

@@ -58,7 +58,8 @@ class Desk:
 
 
 @pytest.fixture(scope="module")
-def desk(lab_engine: Engine) -> Iterator[Desk]:
+def desk(lab_engine: Engine, swarm_manager: swarm.Manager) -> Iterator[Desk]:
+    """Two nodes on the session's swarm (tests/integration/conftest.py: entered and left once)."""
     engine = lab_engine
     before = engine_state(engine)
     current = swarm.view(engine)

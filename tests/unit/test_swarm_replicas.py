@@ -11,7 +11,7 @@ import pytest
 from lab import labels, orchestrator, watcher
 from lab.engine import TaskInfo
 from lab.errors import DeployFailed, InvalidInput, NotReady, SwarmError
-from lab.loadbalancer import NGINX_CONF, SPEC_FILE, LoadBalancer, upstream_hosts
+from lab.loadbalancer import NGINX_CONF, SPEC_FILE, LoadBalancer, config_generation, upstream_hosts
 from lab.pytest_plugin import free_port
 from lab.replicas import HTTPD_CAPS, SiteImage
 from lab.spec import LabSpec
@@ -176,6 +176,10 @@ def swarm_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSwarm, LabS
         assert self.state().status == "running"
 
     monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
+    # No HTTP here: the fake's nginx answers with the config its file holds.
+    monkeypatch.setattr(
+        LoadBalancer, "answers_with", lambda self, _spec, gen: config_generation(self.config()) == gen
+    )
     monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: "lab/watcher:test")
     started: list[str] = []
     monkeypatch.setattr(watcher, "start", lambda engine, lab, image, progress: started.append(lab))

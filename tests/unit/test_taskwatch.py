@@ -13,7 +13,15 @@ import pytest
 from lab import live, orchestrator, watcher
 from lab.engine import TaskInfo
 from lab.errors import Conflict
-from lab.loadbalancer import NGINX_CONF, SPEC_FILE, LoadBalancer, spec_json, swap_script, upstream_hosts
+from lab.loadbalancer import (
+    NGINX_CONF,
+    SPEC_FILE,
+    LoadBalancer,
+    config_generation,
+    spec_json,
+    swap_script,
+    upstream_hosts,
+)
 from lab.pytest_plugin import free_port
 from lab.spec import LabSpec
 from lab.taskwatch import (
@@ -99,6 +107,10 @@ def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSwarm]:
         assert self.state().status == "running"
 
     monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
+    # No HTTP here: the fake's nginx answers with the config its file holds.
+    monkeypatch.setattr(
+        LoadBalancer, "answers_with", lambda self, _spec, gen: config_generation(self.config()) == gen
+    )
     monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: "lab/watcher:test")
     monkeypatch.setattr(watcher, "start", lambda *_a, **_k: None)
     engine = FakeSwarm()
