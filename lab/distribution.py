@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,16 +37,20 @@ def deliver(
     method: str | None = None,
     progress: ProgressFn = quiet,
     skip_present: bool = False,
+    only: Collection[str] | None = None,
 ) -> Delivered:
     """Make `image` present on every running node.
 
     With "registry", `image` must be a reference into the lab registry (127.0.0.1:PORT/...);
     nodes pull it in parallel through their forwarders. With "save-load", the host engine's
     export is streamed into each node's `docker load`, one node at a time (the host's disk is
-    the bottleneck either way). With `skip_present`, nodes that hold `image` already are left out.
+    the bottleneck either way). With `skip_present`, nodes that hold `image` already are left out;
+    with `only`, every node not named in it.
     """
     chosen = method or method_for(engine)
     targets = [c for c in nodes.node_containers(engine) if c.status == "running"]
+    if only is not None:
+        targets = [c for c in targets if c.name in only]
     if skip_present:
         targets = [c for c in targets if not has_image(engine, c, image)]
     began = time.monotonic()

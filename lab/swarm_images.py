@@ -24,24 +24,28 @@ if TYPE_CHECKING:
 def place_image(engine: SwarmEngine, image: SiteImage, progress: ProgressFn) -> SiteImage:
     """`image` as the service should name it, present (or pullable) on every node of this desk."""
     desk = cast("Engine", engine)  # the desk's nodes are containers of this engine
-    running = [c for c in nodes.node_containers(desk) if c.status == "running"]
+    ready = {n.hostname for n in engine.swarm_nodes() if n.state == "ready"}
+    # Only nodes of this swarm that are ready can run a task: one still joining (or failing to, in
+    # someone else's test) is not waited for.
+    running = [c for c in nodes.node_containers(desk) if c.status == "running" and c.name in ready]
     if not running:
         return image
+    targets = {c.name for c in running}
     found = registry.running_registries(desk)
     if image.ref.startswith(f"{registry.HOST}:"):  # in a lab registry already: the nodes pull it
-        deliver(desk, image.ref, method="registry", skip_present=True)
+        deliver(desk, image.ref, method="registry", skip_present=True, only=targets)
         return image
     if found:
         names, _port = found[0]
         progress(f"pushing {image.ref} to the lab registry {names.name}", None)
         pushed = registry.push_image(desk, image.ref, image.version, registry=names.name)
         progress(f"{len(running)} nodes pull {pushed.reference}", None)
-        deliver(desk, pushed.pinned, method="registry", skip_present=True)
+        deliver(desk, pushed.pinned, method="registry", skip_present=True, only=targets)
         return SiteImage(pushed.pinned, image.version)
     progress(
         f"loading {image.ref} into {len(running)} nodes (no registry runs: docker save | docker load)", None
     )
-    deliver(desk, image.ref, method="save-load", progress=progress, skip_present=True)
+    deliver(desk, image.ref, method="save-load", progress=progress, skip_present=True, only=targets)
     return image
 
 
