@@ -304,3 +304,14 @@ def test_the_last_swarm_lab_down_leaves_a_swarm_the_lab_initialised(
     engine.node_ids = [MANAGER]
     removed = orchestrator.down(engine, "sw")
     assert removed.swarm == "left the swarm the lab had initialised" and engine.calls[-1] == "swarm leave"
+
+
+def test_up_on_an_engine_in_no_swarm_is_refused_before_anything_is_built_or_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = FakeSwarm()
+    engine.swarm_info = {"LocalNodeState": "inactive"}
+    monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: pytest.fail("nothing is built first"))
+    with pytest.raises(SwarmError, match="this engine is not in swarm mode: add --init"):
+        orchestrator.up(engine, LabSpec.create(name="sw", port=free_port(), engine="swarm"))
+    assert not engine.calls and not engine.by_name and not engine.networks_by_name
