@@ -11,11 +11,13 @@ import time
 _STARTED = time.perf_counter()  # `lab up --timings` counts the imports from here
 
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import FrameType  # noqa: E402
+from types import FrameType, ModuleType  # noqa: E402
 from typing import TYPE_CHECKING, Any, TypeVar  # noqa: E402
 
 import click  # noqa: E402
@@ -114,15 +116,23 @@ def up(
         name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
     )
     seconds = parse_ttl(ttl) if ttl is not None else None
-    from lab import orchestrator, ui
     from lab.progress import Timings
+    from lab.progress import quiet as no_progress
 
     record = Timings()
-    record.add("imports", time.perf_counter() - _STARTED)
-    with record.phase("engine connect"):
+    record.add("imports (the command line)", record.clock() - _STARTED)
+    with record.phase("imports (the engine's client, the orchestrator), engine connect"):
         engine = _connect()
-    with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
+        # The table at the end (rich) and the nginx config (jinja2) are needed later: they load in
+        # the background while `up` waits for the engine. A progress bar needs rich at once.
+        shown = not quiet and sys.stderr.isatty()
+        if not shown:
+            threading.Thread(target=_preload, args=("lab.ui", "jinja2"), daemon=True).start()
+        from lab import orchestrator
+    with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(_ui().progress_bar(f"lab up {spec.name}")) if shown else no_progress
         lab_status = orchestrator.up(engine, spec, progress, ttl=seconds, timings=record)
+    ui = _ui()
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
     if lab_status.stuck_networks:
@@ -130,6 +140,17 @@ def up(
     _print_expiry(lab_status)
     if timings:
         ui.out.print(ui.timings_table(record.phases, time.perf_counter() - _STARTED))
+
+
+def _preload(*modules: str) -> None:
+    for module in modules:
+        importlib.import_module(module)
+
+
+def _ui() -> ModuleType:
+    from lab import ui
+
+    return ui
 
 
 def _print_expiry(lab_status: LabStatus) -> None:

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 SPEC_FILE = "/etc/nginx/lab-spec.json"
+# The container starts before nginx may: nginx resolves the replicas' names as it starts, and those
+# resolve only once the replicas run. So its first process waits for this file, then becomes nginx.
+GO_FILE = "/etc/nginx/lab-start"
+HELD_START = ["sh", "-c", f"until [ -e {GO_FILE} ]; do sleep 0.02; done; exec nginx -g 'daemon off;'"]
 _NEXT = ".next"  # a change is written beside what serves, tested, then moved into place
 # What nginx needs once every capability is dropped: bind port 80 (engines that keep ports below
 # 1024 privileged), switch to an unprivileged user, and hand its temp directories to that user
@@ -108,9 +112,10 @@ class LoadBalancer:
     ) -> LoadBalancer:
         """Create (not start) the load balancer on `frontend`, publishing the spec's port, and on
         `backend`, where it reaches `members` (default: every slot of the spec); its config and
-        spec are in place before it starts. nginx tests the config as it starts: `wait_serving`
-        reports a config it refused."""
-        container = engine.create_container(lb_request(spec, image, frontend))
+        spec are in place before it starts. `start` starts the container and `release` then lets
+        nginx start in it; nginx tests the config as it starts, and `wait_serving` reports a config
+        it refused."""
+        container = engine.create_container(replace(lb_request(spec, image, frontend), command=HELD_START))
         engine.attach(backend, container)
         engine.put_files(
             container, {NGINX_CONF: config or render(spec, members)[0], SPEC_FILE: spec_json(spec)}
@@ -144,6 +149,7 @@ class LoadBalancer:
             engine.remove_containers([container])
 
     def start(self, spec: LabSpec, progress: ProgressFn) -> None:
+        """Start the container (networks, the published port); nginx waits for `release`."""
         progress("starting the load balancer", None)
         try:
             self.engine.start(self.container)
@@ -153,6 +159,10 @@ class LoadBalancer:
                     f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
                 ) from exc
             raise
+
+    def release(self) -> None:
+        """Let nginx start: every name its upstream gives must resolve by now."""
+        self.engine.put_files(self.container, {GO_FILE: ""})
 
     # What it serves --------------------------------------------------------------------------
     def spec(self) -> LabSpec:
