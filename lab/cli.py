@@ -48,10 +48,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REGISTRY, DEFAULT_REGISTRY_PORT = "lab-registry", 5000  # lab.registry checks they agree
 
 
-def _connect() -> Engine:
+def _connect(*, ping: bool = True) -> Engine:
     from lab.docker_ops import Engine
 
-    return Engine.connect()
+    return Engine.connect(ping=ping)
 
 
 # Values are taken as text and validated by LabSpec, so every bad value gets the same one-line error.
@@ -122,7 +122,7 @@ def up(
     record = Timings()
     record.add("imports (the command line)", record.clock() - _STARTED)
     with record.phase("imports (the engine's client, the orchestrator), engine connect"):
-        engine = _connect()
+        engine = _connect(ping=False)  # its first question (is the lab up already?) asks anyway
         # The table at the end (rich) and the nginx config (jinja2) are needed later: they load in
         # the background while `up` waits for the engine. A progress bar needs rich at once.
         shown = not quiet and sys.stderr.isatty()

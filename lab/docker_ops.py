@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import docker
 import docker.errors
 import docker.types
+import requests
 from docker.utils.socket import frames_iter
 
 from lab.engine import (
@@ -64,6 +65,7 @@ __all__ = [
 
 TransferFn = Callable[[str, float | None], None]  # (what is happening, fraction done or None)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
+NO_ENGINE = "no Docker engine answers; start one (`make setup` does) and try again"
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,6 +94,8 @@ def _refusals_as_lab_errors(method: F) -> F:
             return method(*args, **kwargs)
         except docker.errors.DockerException as exc:
             raise EngineRefused(refusal_message(exc)) from exc
+        except requests.exceptions.ConnectionError as exc:  # the SDK's transport: nobody listens
+            raise EngineUnavailable(NO_ENGINE) from exc
 
     return call  # type: ignore[return-value]
 
@@ -173,15 +177,15 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, timeout: int = 60) -> Engine:
-        """Connect to the engine from the environment (DOCKER_HOST or the default socket)."""
+    def connect(cls, timeout: int = 60, *, ping: bool = True) -> Engine:
+        """Connect to the engine from the environment (DOCKER_HOST or the default socket). Without
+        `ping`, an engine that does not answer is found out (as EngineUnavailable) by the first verb."""
         try:
             client = docker.from_env(timeout=timeout)
-            client.ping()
+            if ping:
+                client.ping()
         except Exception as exc:  # the SDK raises several unrelated types for "nobody answers"
-            raise EngineUnavailable(
-                "no Docker engine answers; start one (`make setup` does) and try again"
-            ) from exc
+            raise EngineUnavailable(NO_ENGINE) from exc
         return cls(client)
 
     # Images -----------------------------------------------------------------------------

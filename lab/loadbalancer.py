@@ -106,21 +106,24 @@ class LoadBalancer:
         members: Sequence[Member] | None = None,
         *,
         image: str,
-        frontend: str,
-        backend: str,
+        network: str,
         config: str | None = None,
     ) -> LoadBalancer:
-        """Create (not start) the load balancer on `frontend`, publishing the spec's port, and on
-        `backend`, where it reaches `members` (default: every slot of the spec); its config and
-        spec are in place before it starts. `start` starts the container and `release` then lets
-        nginx start in it; nginx tests the config as it starts, and `wait_serving` reports a config
-        it refused."""
-        container = engine.create_container(replace(lb_request(spec, image, frontend), command=HELD_START))
-        engine.attach(backend, container)
+        """Create (not start) the load balancer on `network`, publishing the spec's port, with its
+        config for `members` (default: every slot of the spec) and its spec in place. Then: `start`
+        (the container), `join` (the network the members are on), and `release` once they run,
+        which lets nginx start; nginx tests the config as it starts, and `wait_serving` reports a
+        config it refused."""
+        container = engine.create_container(replace(lb_request(spec, image, network), command=HELD_START))
         engine.put_files(
             container, {NGINX_CONF: config or render(spec, members)[0], SPEC_FILE: spec_json(spec)}
         )
-        return cls(engine, replace(container, networks={**container.networks, backend: Endpoint()}))
+        return cls(engine, container)
+
+    def join(self, network: str) -> None:
+        """Attach it to `network` (where the replicas are), running or not."""
+        self.engine.attach(network, self.container)
+        self.container = replace(self.container, networks={**self.container.networks, network: Endpoint()})
 
     @staticmethod
     def test_config(engine: ContainerEngine, spec: LabSpec, image: str, config: str) -> None:

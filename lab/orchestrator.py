@@ -8,7 +8,6 @@ the only writer of its config and stored spec).
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -62,36 +61,45 @@ def up(
         image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
     expires_at = None
     with rollback_on_failure(engine, spec.name):
-        with phase("backend network"):
-            backend = ContainerReplicas.prepare(engine, spec)
-        all_started, abandoned = threading.Event(), threading.Event()
+        backend_ready, all_started, abandoned = threading.Event(), threading.Event(), threading.Event()
+        backend_network: list[str] = []
+
+        def wait_for(event: threading.Event) -> bool:
+            while not event.wait(0.01):
+                if abandoned.is_set():
+                    return False
+            return True
 
         def load_balancer() -> tuple[LoadBalancer, str]:
-            """Made and started while the replicas start: it needs none of them until nginx starts
-            in it, which `release` allows once every replica runs (their names resolve then); nginx
-            tests its config as it starts. No request reaches it before every replica listens."""
+            """Made and started beside the replicas: it needs none of them until nginx starts in it,
+            which `release` allows once every replica runs (their names resolve then); nginx tests
+            its config as it starts. No request reaches it before every replica listens."""
             with phase("frontend network, load balancer create and start (beside the replicas)"):
                 frontend = create_network(
                     engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
                 )
-                lb = LoadBalancer.create(
-                    engine, spec, image=base.nginx, frontend=frontend, backend=backend.network
-                )
-                if not os.environ.get("LAB_AB"):
-                    lb.start(spec, progress)
-            while not all_started.wait(0.01):
-                if abandoned.is_set():
-                    return lb, frontend
-            if os.environ.get("LAB_AB"):
+                lb = LoadBalancer.create(engine, spec, image=base.nginx, network=frontend)
                 lb.start(spec, progress)
-            lb.release()
+            if wait_for(backend_ready):
+                with phase("load balancer joins the backend network (beside the replicas)"):
+                    lb.join(backend_network[0])
+            with phase("until every replica runs (beside them)"):
+                ran = wait_for(all_started)
+            if ran:
+                lb.release()
             return lb, frontend
 
-        with phase("replica start"), ThreadPoolExecutor(max_workers=1) as side:
-            # Leaving this block waits for the side task, so a rollback never races it.
+        with ThreadPoolExecutor(max_workers=2) as side:
+            # Leaving this block waits for the side tasks, so a rollback never races them.
+            backend_made = side.submit(ContainerReplicas.prepare, engine, spec)  # beside the frontend's
             prepared = side.submit(load_balancer)
             try:
-                members = backend.start(spec, image, progress, beside=prepared, started=all_started)
+                with phase("backend network"):
+                    backend = backend_made.result()
+                backend_network.append(backend.network)
+                backend_ready.set()
+                with phase("replica start"):
+                    members = backend.start(spec, image, progress, beside=prepared, started=all_started)
             except BaseException:
                 abandoned.set()
                 raise
