@@ -37,7 +37,9 @@ from lab.spec import (  # noqa: E402
     parse_bind,
     parse_port,
     parse_replicas,
+    parse_site,
     parse_ttl,
+    parse_version_tag,
 )
 
 if TYPE_CHECKING:
@@ -253,6 +255,10 @@ def scale(name: str, replicas: str) -> None:
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
 def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
+    if tag is not None:
+        parse_version_tag(tag)  # bad input is refused before any engine is asked
+    if site is not None:
+        parse_site(site)
     from lab import orchestrator, ui
 
     with ui.progress_bar(f"deploy to {name}") as progress:

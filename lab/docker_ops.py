@@ -44,6 +44,7 @@ from lab.engine import (
     TaskInfo,
 )
 from lab.errors import BuildFailed, EngineRefused, EngineUnavailable, LabError, NameInUse, RegistryError
+from lab.progress import ProgressFn
 
 __all__ = [
     "ACTIVE_ENDPOINTS",
@@ -63,7 +64,6 @@ __all__ = [
     "transfer_digest",
 ]
 
-TransferFn = Callable[[str, float | None], None]  # (what is happening, fraction done or None)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
 NO_ENGINE = "no Docker engine answers; start one (`make setup` does) and try again"
 T = TypeVar("T")
@@ -676,7 +676,7 @@ class Engine:
 
     # Registry: push and pull, each checked chunk by chunk ------------------------------
     def push_image(
-        self, source: str, repository: str, tag: str, on_progress: TransferFn | None = None
+        self, source: str, repository: str, tag: str, on_progress: ProgressFn | None = None
     ) -> str:
         """Tag `source` as repository:tag and push it; return the manifest digest.
 
@@ -699,7 +699,7 @@ class Engine:
                 raise RegistryError(f"push of {target} failed: {_one_line(exc)}") from exc
             raise
 
-    def pull_image(self, repository: str, tag: str, on_progress: TransferFn | None = None) -> str:
+    def pull_image(self, repository: str, tag: str, on_progress: ProgressFn | None = None) -> str:
         """Pull repository:tag, checking every chunk; return the digest the registry served."""
         try:
             chunks = self.api.pull(repository, tag=tag, stream=True, decode=True)
@@ -878,7 +878,7 @@ class Engine:
 
 
 # Pure helpers ----------------------------------------------------------------------------------
-def transfer_digest(chunks: Iterable[dict[str, Any]], on_progress: TransferFn | None, *, what: str) -> str:
+def transfer_digest(chunks: Iterable[dict[str, Any]], on_progress: ProgressFn | None, *, what: str) -> str:
     """Follow a push or pull stream; return the digest it ends with, or raise RegistryError.
 
     Failures arrive as a chunk with `error` / `errorDetail`, never as an exception: each chunk
