@@ -11,11 +11,13 @@ import time
 _STARTED = time.perf_counter()  # `lab up --timings` counts the imports from here
 
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import FrameType  # noqa: E402
+from types import FrameType, ModuleType  # noqa: E402
 from typing import TYPE_CHECKING, Any, TypeVar  # noqa: E402
 
 import click  # noqa: E402
@@ -36,7 +38,9 @@ from lab.spec import (  # noqa: E402
     parse_bind,
     parse_port,
     parse_replicas,
+    parse_site,
     parse_ttl,
+    parse_version_tag,
 )
 
 if TYPE_CHECKING:
@@ -47,10 +51,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REGISTRY, DEFAULT_REGISTRY_PORT = "lab-registry", 5000  # lab.registry checks they agree
 
 
-def _connect() -> Engine:
+def _connect(*, ping: bool = True) -> Engine:
     from lab.docker_ops import Engine
 
-    return Engine.connect()
+    return Engine.connect(ping=ping)
 
 
 # Values are taken as text and validated by LabSpec, so every bad value gets the same one-line error.
@@ -128,15 +132,23 @@ def up(
     if init and spec.engine != "swarm":
         raise InvalidInput("--init is for --engine swarm (it makes this engine a swarm manager)")
     seconds = parse_ttl(ttl) if ttl is not None else None
-    from lab import orchestrator, ui
     from lab.progress import Timings
+    from lab.progress import quiet as no_progress
 
     record = Timings()
-    record.add("imports", time.perf_counter() - _STARTED)
-    with record.phase("engine connect"):
-        docker_engine = _connect()
-    with ui.progress_bar(f"lab up {spec.name}", enabled=not quiet) as progress:
+    record.add("imports (the command line)", record.clock() - _STARTED)
+    with record.phase("imports (the engine's client, the orchestrator), engine connect"):
+        docker_engine = _connect(ping=False)  # its first question (is the lab up already?) asks anyway
+        # The table at the end (rich) and the nginx config (jinja2) are needed later: they load in
+        # the background while `up` waits for the engine. A progress bar needs rich at once.
+        shown = not quiet and sys.stderr.isatty()
+        if not shown:
+            threading.Thread(target=_preload, args=("lab.ui", "jinja2"), daemon=True).start()
+        from lab import orchestrator
+    with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(_ui().progress_bar(f"lab up {spec.name}")) if shown else no_progress
         lab_status = orchestrator.up(docker_engine, spec, progress, ttl=seconds, timings=record, init=init)
+    ui = _ui()
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
     if lab_status.stuck_networks:
@@ -144,6 +156,17 @@ def up(
     _print_expiry(lab_status)
     if timings:
         ui.out.print(ui.timings_table(record.phases, time.perf_counter() - _STARTED))
+
+
+def _preload(*modules: str) -> None:
+    for module in modules:
+        importlib.import_module(module)
+
+
+def _ui() -> ModuleType:
+    from lab import ui
+
+    return ui
 
 
 def _print_expiry(lab_status: LabStatus) -> None:
@@ -249,6 +272,10 @@ def scale(name: str, replicas: str) -> None:
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
 def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
+    if tag is not None:
+        parse_version_tag(tag)  # bad input is refused before any engine is asked
+    if site is not None:
+        parse_site(site)
     from lab import orchestrator, ui
 
     with ui.progress_bar(f"deploy to {name}") as progress:

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import docker.types
 import docker.utils
+import requests
 from docker.utils.socket import frames_iter
 
 from lab.engine import (
@@ -46,6 +47,7 @@ from lab.engine import (
     UpdatePolicy,
 )
 from lab.errors import BuildFailed, EngineRefused, EngineUnavailable, LabError, NameInUse, RegistryError
+from lab.progress import ProgressFn
 
 __all__ = [
     "ACTIVE_ENDPOINTS",
@@ -66,8 +68,8 @@ __all__ = [
     "transfer_digest",
 ]
 
-TransferFn = Callable[[str, float | None], None]  # (what is happening, fraction done or None)
 PARALLEL = 16  # concurrent engine calls; the engine queues the rest anyway
+NO_ENGINE = "no Docker engine answers; start one (`make setup` does) and try again"
 IN_USE_BY_TASK = "in use by task"  # how the engine refuses to remove an overlay whose tasks still stop
 NANO = 1_000_000_000
 T = TypeVar("T")
@@ -98,6 +100,8 @@ def _refusals_as_lab_errors(method: F) -> F:
             return method(*args, **kwargs)
         except docker.errors.DockerException as exc:
             raise EngineRefused(refusal_message(exc)) from exc
+        except requests.exceptions.ConnectionError as exc:  # the SDK's transport: nobody listens
+            raise EngineUnavailable(NO_ENGINE) from exc
 
     return call  # type: ignore[return-value]
 
@@ -179,15 +183,15 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, timeout: int = 60) -> Engine:
-        """Connect to the engine from the environment (DOCKER_HOST or the default socket)."""
+    def connect(cls, timeout: int = 60, *, ping: bool = True) -> Engine:
+        """Connect to the engine from the environment (DOCKER_HOST or the default socket). Without
+        `ping`, an engine that does not answer is found out (as EngineUnavailable) by the first verb."""
         try:
             client = docker.from_env(timeout=timeout)
-            client.ping()
+            if ping:
+                client.ping()
         except Exception as exc:  # the SDK raises several unrelated types for "nobody answers"
-            raise EngineUnavailable(
-                "no Docker engine answers; start one (`make setup` does) and try again"
-            ) from exc
+            raise EngineUnavailable(NO_ENGINE) from exc
         return cls(client)
 
     # Images -----------------------------------------------------------------------------
@@ -690,7 +694,7 @@ class Engine:
 
     # Registry: push and pull, each checked chunk by chunk ------------------------------
     def push_image(
-        self, source: str, repository: str, tag: str, on_progress: TransferFn | None = None
+        self, source: str, repository: str, tag: str, on_progress: ProgressFn | None = None
     ) -> str:
         """Tag `source` as repository:tag and push it; return the manifest digest.
 
@@ -713,7 +717,7 @@ class Engine:
                 raise RegistryError(f"push of {target} failed: {_one_line(exc)}") from exc
             raise
 
-    def pull_image(self, repository: str, tag: str, on_progress: TransferFn | None = None) -> str:
+    def pull_image(self, repository: str, tag: str, on_progress: ProgressFn | None = None) -> str:
         """Pull repository:tag, checking every chunk; return the digest the registry served."""
         try:
             chunks = self.api.pull(repository, tag=tag, stream=True, decode=True)
@@ -1021,7 +1025,7 @@ def _update_config(policy: UpdatePolicy, kind: Callable[..., Any], *, rollback: 
 
 
 # Pure helpers ----------------------------------------------------------------------------------
-def transfer_digest(chunks: Iterable[dict[str, Any]], on_progress: TransferFn | None, *, what: str) -> str:
+def transfer_digest(chunks: Iterable[dict[str, Any]], on_progress: ProgressFn | None, *, what: str) -> str:
     """Follow a push or pull stream; return the digest it ends with, or raise RegistryError.
 
     Failures arrive as a chunk with `error` / `errorDetail`, never as an exception: each chunk

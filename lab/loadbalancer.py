@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 SPEC_FILE = "/etc/nginx/lab-spec.json"
+# The container starts before nginx may: nginx resolves the replicas' names as it starts, and those
+# resolve only once the replicas run. So its first process waits for this file, then becomes nginx.
+GO_FILE = "/etc/nginx/lab-start"
+HELD_START = ["sh", "-c", f"until [ -e {GO_FILE} ]; do sleep 0.01; done; exec nginx -g 'daemon off;'"]
 _NEXT = ".next"  # a change is written beside what serves, tested, then moved into place
 # Two writers may change one load balancer at once (a swarm lab's watcher and a `lab` command):
 # each writes its own .next files, and the swap (compare, move, reload) happens under this lock.
@@ -151,20 +155,24 @@ class LoadBalancer:
         members: Sequence[Member] | None = None,
         *,
         image: str,
-        frontend: str,
-        backend: str,
+        network: str,
         config: str | None = None,
     ) -> LoadBalancer:
-        """Create (not start) the load balancer on `frontend`, publishing the spec's port, and on
-        `backend`, where it reaches `members` (default: every slot of the spec); its config and
-        spec are in place before it starts. nginx tests the config as it starts: `wait_serving`
-        reports a config it refused."""
-        container = engine.create_container(lb_request(spec, image, frontend))
-        engine.attach(backend, container)
+        """Create (not start) the load balancer on `network`, publishing the spec's port, with its
+        config for `members` (default: every slot of the spec) and its spec in place. Then: `start`
+        (the container), `join` (the network the members are on), and `release` once they run,
+        which lets nginx start; nginx tests the config as it starts, and `wait_serving` reports a
+        config it refused."""
+        container = engine.create_container(replace(lb_request(spec, image, network), command=HELD_START))
         engine.put_files(
             container, {NGINX_CONF: config or render(spec, members)[0], SPEC_FILE: spec_json(spec)}
         )
-        return cls(engine, replace(container, networks={**container.networks, backend: Endpoint()}))
+        return cls(engine, container)
+
+    def join(self, network: str) -> None:
+        """Attach it to `network` (where the replicas are), running or not."""
+        self.engine.attach(network, self.container)
+        self.container = replace(self.container, networks={**self.container.networks, network: Endpoint()})
 
     @staticmethod
     def test_config(engine: ContainerEngine, spec: LabSpec, image: str, config: str) -> None:
@@ -200,6 +208,7 @@ class LoadBalancer:
             self.engine.put_files(self.container, {NGINX_CONF: config, SPEC_FILE: spec_json(spec)})
 
     def start(self, spec: LabSpec, progress: ProgressFn) -> None:
+        """Start the container (networks, the published port); nginx waits for `release`."""
         progress("starting the load balancer", None)
         try:
             self.engine.start(self.container)
@@ -209,6 +218,10 @@ class LoadBalancer:
                     f"port {spec.port} on {spec.bind} is already in use; choose another with --port"
                 ) from exc
             raise
+
+    def release(self) -> None:
+        """Let nginx start: every name its upstream gives must resolve by now."""
+        self.engine.put_files(self.container, {GO_FILE: ""})
 
     # What it serves --------------------------------------------------------------------------
     def spec(self) -> LabSpec:
@@ -321,60 +334,72 @@ class LoadBalancer:
 
     # Waiting for it --------------------------------------------------------------------------
     def raise_if_config_refused(self) -> None:
-        """nginx tests its config as it starts and exits on an error (its restart policy then tries
-        again and again): say so at once, with its log. Names that do not resolve yet are no error
-        of the config (Docker's DNS may answer late on a busy engine): those are waited out."""
+        self._status_unless_config_refused()
+
+    def _status_unless_config_refused(self) -> str:
+        """Its state, unless nginx refused its config: nginx tests its config as it starts and exits
+        on an error (its restart policy then tries again and again), which is said at once, with its
+        log. Names that do not resolve yet are no error of the config (Docker's DNS may answer late
+        on a busy engine): those are waited out."""
         state = self.state().status
         if state not in ("restarting", "exited", "dead"):
-            return
+            return state
         log = self.logs(tail=20)
         refused = [line for line in log.splitlines() if "[emerg]" in line and "host not found" not in line]
         if refused:
             raise LabError(
                 "the rendered nginx config failed `nginx -t` (nginx refused it as it started)", detail=log
             )
+        return state
 
     def wait_serving(
         self, spec: LabSpec, names: Sequence[str], progress: ProgressFn, *, deadline: float
     ) -> None:
-        """Poll it on loopback until every replica in `names` has answered through it."""
+        """Poll it on loopback until every replica in `names` has answered through it.
+
+        Bounded twice: by `deadline`, and by a budget of answered requests (refused connections
+        while nginx starts cost nothing and are retried quickly; the engine is asked how the load
+        balancer is at most every quarter second meanwhile).
+        """
         wanted = set(names)
         seen: set[str] = set()
         last_problem = "no answer yet"
         url = f"http://{probe_host(spec.bind)}:{spec.port}/"
-        max_requests = 50 + 20 * len(wanted)
+        budget = 50 + 20 * len(wanted)  # requests that reached nginx
+        next_look = time.monotonic()
         with requests.Session() as session:
-            for _ in range(max_requests):
-                answered = False
+            while budget > 0:
                 try:
                     response = session.get(url, timeout=2)
-                    served_by = response.headers.get("X-Served-By", "")
-                    answered = response.status_code == 200 and served_by in wanted
-                    if answered:
-                        seen.add(served_by)
-                    else:
-                        last_problem = f"HTTP {response.status_code} from {served_by or 'the load balancer'}"
                 except requests.RequestException as exc:
                     last_problem = type(exc).__name__
-                    time.sleep(0.05)
-                progress(
-                    f"{len(seen)}/{len(wanted)} replicas answered through {url}", len(seen) / len(wanted)
-                )
-                if seen == wanted:
-                    return
+                    time.sleep(0.01)
+                else:
+                    budget -= 1
+                    served_by = response.headers.get("X-Served-By", "")
+                    if response.status_code == 200 and served_by in wanted:
+                        seen.add(served_by)
+                        progress(
+                            f"{len(seen)}/{len(wanted)} replicas answered through {url}",
+                            len(seen) / len(wanted),
+                        )
+                        if seen == wanted:
+                            return
+                        continue  # it serves: no need to ask the engine how it is
+                    last_problem = f"HTTP {response.status_code} from {served_by or 'the load balancer'}"
                 if time.monotonic() > deadline:
                     break
-                if answered:
-                    continue  # it serves: no need to ask the engine how it is
-                self.raise_if_config_refused()
-                status = self.state().status
+                if time.monotonic() < next_look:
+                    continue
+                next_look = time.monotonic() + 0.25
+                status = self._status_unless_config_refused()
                 # nginx exited at start and its restart policy tries again: seen when Docker's DNS did
                 # not resolve the replicas' names for a few seconds (a busy engine, or one entering or
                 # leaving swarm mode). Wait for it until the deadline, sending nothing meanwhile.
                 while status == "restarting" and time.monotonic() < deadline:
                     last_problem = "the load balancer keeps restarting"
                     time.sleep(0.25)
-                    status = self.state().status
+                    status = self._status_unless_config_refused()
                 if status not in ("running", "created"):
                     break
         missing = sorted(wanted - seen)

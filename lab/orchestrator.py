@@ -72,35 +72,49 @@ def up(
         watcher_image = watchers.ensure_image(engine, progress) if on_swarm else ""
     expires_at = None
     with undo_on_failure() as undo, rollback_on_failure(engine, spec.name):
-        with phase("backend network"):
-            backend = _prepare_backend(engine, spec, init=init, undo=undo, progress=progress)
-        all_started, abandoned = threading.Event(), threading.Event()
+        backend_ready, all_started, abandoned = threading.Event(), threading.Event(), threading.Event()
+        made: list[ReplicaBackend] = []
+
+        def wait_for(event: threading.Event) -> bool:
+            while not event.wait(0.01):
+                if abandoned.is_set():
+                    return False
+            return True
 
         def load_balancer() -> tuple[LoadBalancer, str]:
-            """Made while the replicas start (it needs none of them), and started as soon as every
-            replica runs: their names resolve then, and nginx tests its config as it starts. No
-            request reaches it before every replica listens (see `wait_serving`)."""
-            with phase("frontend network, load balancer create (beside the replicas)"):
+            """Made and started beside the replicas: it needs none of them until nginx starts in it,
+            which `release` allows once every replica runs (their names resolve then); nginx tests
+            its config as it starts. No request reaches it before every replica listens."""
+            with phase("frontend network, load balancer create and start (beside the replicas)"):
                 frontend = create_network(
                     engine, spec.name, labels.ROLE_FRONTEND_NET, spec.frontend_network, internal=False
                 )
-                lb = LoadBalancer.create(
-                    engine, spec, image=base.nginx, frontend=frontend, backend=backend.network
-                )
-            while not all_started.wait(0.02):
-                if abandoned.is_set():
-                    return lb, frontend
-            with phase("load balancer start (beside the replicas listening)"):
-                if on_swarm:  # its tasks are named by address, known only once they run
-                    lb.prime(spec, backend.members())
+                lb = LoadBalancer.create(engine, spec, image=base.nginx, network=frontend)
                 lb.start(spec, progress)
+            if wait_for(backend_ready):
+                with phase("load balancer joins the backend network (beside the replicas)"):
+                    lb.join(made[0].network)
+            with phase("until every replica runs (beside them)"):
+                ran = wait_for(all_started)
+            if ran:
+                if on_swarm:  # its tasks are named by address, known only once they run
+                    lb.prime(spec, made[0].members())
+                lb.release()
             return lb, frontend
 
-        with phase("replica start"), ThreadPoolExecutor(max_workers=1) as side:
-            # Leaving this block waits for the side task, so a rollback never races it.
+        with ThreadPoolExecutor(max_workers=2) as side:
+            # Leaving this block waits for the side tasks, so a rollback never races them.
+            backend_made = side.submit(  # beside the frontend's
+                _prepare_backend, engine, spec, init=init, undo=undo, progress=progress
+            )
             prepared = side.submit(load_balancer)
             try:
-                members = backend.start(spec, image, progress, beside=prepared, started=all_started)
+                with phase("backend network"):
+                    backend = backend_made.result()
+                made.append(backend)
+                backend_ready.set()
+                with phase("replica start"):
+                    members = backend.start(spec, image, progress, beside=prepared, started=all_started)
             except BaseException:
                 abandoned.set()
                 raise

@@ -9,10 +9,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from lab.spec import MAX_REPLICAS, PROJECT_DIR, LabSpec
+
+if TYPE_CHECKING:
+    import jinja2
 
 NGINX_TEMPLATE_DIR = PROJECT_DIR / "nginx"
 # Package data next to this module, so the report templates are found in editable installs too.
@@ -202,6 +204,8 @@ def nginx_view(spec: LabSpec, servers: Sequence[Server] | None = None) -> NginxV
 
 
 def _environment(template_dir: Path) -> jinja2.Environment:
+    import jinja2  # on first use: `lab up` renders in a thread beside the replicas' start
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,  # a missing variable is an error, not an empty string
@@ -219,6 +223,8 @@ def render_nginx_conf(view: NginxView, template_dir: Path = NGINX_TEMPLATE_DIR) 
 
 def render_html(template_name: str, **context: object) -> str:
     """Render an HTML template from lab/templates/, escaping every value (lab names, notes)."""
+    import jinja2
+
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(HTML_TEMPLATE_DIR)),
         undefined=jinja2.StrictUndefined,

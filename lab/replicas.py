@@ -53,12 +53,14 @@ class Member:
     version: str  # the site version it serves
     image: str
     status: str  # running, paused, exited, ...
-    address: str = ""  # its address on the network the load balancer reaches it on
+    connected: bool = True  # on the network the load balancer reaches it on
+    address: str = ""  # its address there
     node: str = ""  # the engine it runs on ("" on one engine)
 
     @property
     def serving(self) -> bool:
-        return self.status in SERVING_STATES
+        """Whether the load balancer can be pointed at it (its name resolves there)."""
+        return self.status in SERVING_STATES and self.connected
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,6 @@ class ContainerReplicas:
     # Reading ----------------------------------------------------------------------------------
     def _member(self, container: ContainerInfo) -> Member:
         self._containers[container.name] = container
-        on_network = container.on(self.network)
         return Member(
             name=container.name,
             host=container.name,  # Docker's DNS on the backend network resolves it
@@ -337,7 +338,8 @@ class ContainerReplicas:
             index=labels.replica_index(container.labels),
             version=container.labels.get(labels.SITE_VERSION, ""),
             image=container.image,
-            status=container.status if on_network else f"{container.status}, disconnected",
+            status=container.status,
+            connected=container.on(self.network),
             address=container.address(self.network),
         )
 

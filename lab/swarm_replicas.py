@@ -41,13 +41,12 @@ from lab.engine import (
     UpdatePolicy,
 )
 from lab.errors import DeployFailed, InvalidInput, LabError, NameInUse, NotReady
+from lab.loadbalancer import config_generation, upstream_hosts
 from lab.progress import EventFn, ProgressFn, quiet
 from lab.replicas import HTTPD_CAPS, STOP_TIMEOUT, Member, SiteImage, by_slot
 from lab.results import MemberStatus
 from lab.spec import LabSpec
 from lab.undo import Undo
-
-from lab.loadbalancer import config_generation, upstream_hosts
 
 if TYPE_CHECKING:
     from lab.loadbalancer import LoadBalancer
@@ -413,7 +412,11 @@ class SwarmReplicas:
             target = [m for m in members if version is None or m.version == version]
             done = len(target) == replicas == len(members) and (version is None or state == "completed")
             config = lb.config() if done else ""
-            if done and set(upstream_hosts(config)) == set(current) and lb.answers_with(spec, config_generation(config)):
+            if (
+                done
+                and set(upstream_hosts(config)) == set(current)
+                and lb.answers_with(spec, config_generation(config))
+            ):
                 _announce(on_event, f"upstream: {len(members)} tasks (the watcher reloaded nginx)")
                 return Settled(members, True)
             if self.clock() - began > timeout:

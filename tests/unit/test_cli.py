@@ -44,10 +44,14 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["up", "--ttl", "abc"], "ttl must be a duration such as 30m, 2h or 1h30m, not 'abc'"),
         (["up", "--ttl", "8d"], "ttl must be between 10s and 7d (a week), not 8d"),
         (["render", "--replicas", "0"], "replicas must be between"),
+        # Refused before any engine is asked (there is none here): no load starts.
+        (["experiment", "deploy", "--tag", "../x"], "tag must be 1-64 letters, digits or _.-"),
+        (["experiment", "scale", "--tag", "v2"], "a scale experiment does not take tag"),
+        (["deploy", "--tag", "a b"], "tag must be 1-64 letters, digits or _.-"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = lab(*args)
+    result = lab(*args, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert result.returncode == ExitCode.USAGE
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

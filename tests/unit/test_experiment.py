@@ -179,6 +179,13 @@ def test_options_that_do_not_apply_are_refused_and_none_means_not_given() -> Non
     assert plan.options() == {"batch": 2, "site": None, "tag": None}
 
 
+@pytest.mark.parametrize("tag", ["../x", "-v2", "v 2", "x" * 65, ""])
+def test_a_bad_deploy_tag_is_refused_by_the_plan_before_any_load(tag: str) -> None:
+    with pytest.raises(InvalidInput, match="tag must be 1-64 letters, digits or _.-"):
+        ExperimentPlan.create("deploy", rate=10, duration=10, options={"tag": tag})
+    assert ExperimentPlan.create("deploy", rate=10, duration=10, options={"tag": "v2.1_b"}).tag == "v2.1_b"
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

@@ -58,7 +58,7 @@ class Desk:
 
 
 def member(name: str, node_name: str) -> Member:
-    return Member(name, "10.0.0.2", 1, 1, "v1", "img", "running", "10.0.0.2", node_name)
+    return Member(name, "10.0.0.2", 1, 1, "v1", "img", "running", address="10.0.0.2", node=node_name)
 
 
 def test_the_node_to_kill_is_the_busiest_worker_or_the_one_named() -> None:
