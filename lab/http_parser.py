@@ -1,0 +1,385 @@
+"""A sans-IO parser for HTTP/1.x responses that is strict about framing.
+
+It never touches a socket: `feed` it the bytes that arrived and it returns the `Response` once
+the response is complete; call `feed_eof` when the server closed. It keeps what a load engine
+counts (status, the first value of a few named fields, whether the connection may be reused)
+and discards bodies as they pass, so its memory is bounded by the limits below.
+
+Strict where a lenient reading would count the wrong thing (RFC 9112): a field line must be
+`token ":" value` without control characters (no obs-fold, no bare CR or LF); Content-Length
+and chunk sizes are digits only (no sign, no space, no "0x"); differing Content-Length values,
+and Content-Length beside Transfer-Encoding, are refused; the CRLF after chunk data is checked;
+bytes left over after a complete response are an error, since one request is open at a time
+and a leftover means the framing was misread (or the response smuggles another). Every error
+is a `ProtocolError`, whatever the input and however it is split between calls.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+MAX_HEAD = 64 * 1024  # status line and fields, without the blank line
+MAX_CHUNK_LINE = 4096  # a chunk size with its extensions, without the CRLF
+MAX_TRAILER = 16 * 1024  # the trailer section with its CRLFs, the final blank line included
+_MAX_DIGITS = 18  # of a Content-Length (below 10**18), and 16 hex digits for a chunk size
+
+_VALUE = rb"[\t -~\x80-\xff]*+"  # a field value or reason phrase: no control character but HTAB
+_FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++:" + _VALUE  # RFC 9110 §5.1 token, then the value
+_HEAD = re.compile(rb"HTTP/1\.[0-9] [1-5][0-9][0-9](?: " + _VALUE + rb")?(?:\r\n" + _FIELD_LINE + rb")*+\r\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] [1-5][0-9][0-9](?: " + _VALUE + rb")?")
+_FIELD = re.compile(_FIELD_LINE)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;" + _VALUE + rb")?")
+_STATUS_PREFIX = b"HTTP/1."
+
+# Where the parse of the current response stands
+_HEAD_STATE, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _FAILED = range(8)
+_DONE = -1  # what _read_head returns for a response without a body
+
+
+class ProtocolError(Exception):
+    """The bytes are not a well-framed HTTP/1.x response."""
+
+
+class IncompleteResponse(ProtocolError):
+    """The server closed the connection in the middle of a response."""
+
+
+class Response(NamedTuple):
+    """One complete response: what a load engine counts of it."""
+
+    status: int
+    fields: dict[bytes, bytes]  # each wanted name (lower case) -> its first value, b"" if absent
+    keep_alive: bool  # the connection may carry the next request
+    body_length: int  # bytes of content (after undoing the chunked coding)
+
+
+_new_tuple = tuple.__new__  # Response without the Python-level __new__ of a NamedTuple (hot path)
+
+
+class ResponseParser:
+    """Parses the responses of one connection, one after the other (no pipelining).
+
+    `fields` names (case-insensitive) the header fields whose first value each Response
+    carries. Interim 1xx responses are skipped. After a ProtocolError the parser refuses
+    more bytes until `reset`.
+    """
+
+    __slots__ = (
+        "_wanted",
+        "_buf",
+        "_scanned",
+        "_state",
+        "_remaining",
+        "_trailer",
+        "_status",
+        "_fields",
+        "_keep_alive",
+        "_length",
+        "_started",
+    )
+
+    def __init__(self, fields: Iterable[str] = ()) -> None:
+        names = [name.lower().encode("latin-1") for name in fields]
+        for name in names:
+            if not _FIELD.fullmatch(name + b":"):
+                raise ValueError(f"not a field name: {name!r}")
+        # (name, b"\r\nname:", its length), to find in the lower-cased head
+        self._wanted = tuple((name, b"\r\n" + name + b":", len(name) + 3) for name in names)
+        self._buf = bytearray()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: ready for the first response on a new connection."""
+        self._buf.clear()
+        self._scanned = 0  # bytes at the start of _buf already searched for a line end
+        self._state = _HEAD_STATE
+        self._remaining = 0  # bytes still to come of a Content-Length body or of a chunk
+        self._trailer = 0  # bytes of the trailer section so far
+        self._status = 0
+        self._fields: dict[bytes, bytes] = {}
+        self._keep_alive = True
+        self._length = 0
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        """Some byte of the current response (an interim one included) has arrived."""
+        return self._started
+
+    def feed(self, data: bytes) -> Response | None:
+        """Take the next bytes of the connection; the response once it is complete, else None.
+
+        Raises ProtocolError when the bytes are not a well-framed response, and when bytes
+        follow the end of a complete one.
+        """
+        if self._state == _FAILED:
+            raise ProtocolError("the parser failed before; reset it for a new connection")
+        if not data:
+            return None
+        self._started = True
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data  # the usual case, a whole response in one read: no copy
+        try:
+            response, pos = self._parse(view)
+        except ProtocolError:
+            self._state = _FAILED
+            buf.clear()
+            raise
+        if response is not None:
+            if pos < len(view):
+                self._state = _FAILED
+                buf.clear()
+                raise ProtocolError(f"{len(view) - pos} bytes after the end of a complete response")
+            if view is buf:
+                buf.clear()
+            self._state = _HEAD_STATE
+            self._started = False
+            return response
+        if view is buf:
+            del buf[:pos]
+        else:
+            buf += view[pos:]
+        return None
+
+    def feed_eof(self) -> Response | None:
+        """The server closed the connection: the response if that ended it (a body that runs
+        until the close), None if no byte of a response had arrived; IncompleteResponse if the
+        close cut a response short."""
+        state = self._state
+        if state == _FAILED:
+            raise ProtocolError("the parser failed before; reset it for a new connection")
+        if state == _UNTIL_CLOSE:
+            self._state = _HEAD_STATE
+            self._started = False
+            return self._response()
+        if not self._started:
+            return None
+        self._state = _FAILED
+        raise IncompleteResponse("the server closed the connection in the middle of a response")
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _parse(self, view: bytes | bytearray) -> tuple[Response | None, int]:
+        """Consume `view` from its start: (the complete response or None, bytes consumed)."""
+        pos = 0
+        end_of_view = len(view)
+        scanned, self._scanned = self._scanned, 0  # only for the element pending at position 0
+        state = self._state
+        while True:
+            if state == _HEAD_STATE:
+                end = view.find(b"\r\n\r\n", max(pos, scanned - 3))
+                if end < 0:
+                    self._check_partial_head(view, pos, end_of_view)
+                    self._scanned = end_of_view - pos
+                    break
+                if end - pos > MAX_HEAD:
+                    raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
+                head = bytes(view[pos : end + 2])
+                pos = end + 4
+                state = self._read_head(head)
+                if state == _LENGTH:
+                    if end_of_view - pos >= self._remaining:  # the usual case: the whole body is here
+                        return self._response(), pos + self._remaining
+                elif state == _DONE:
+                    return self._response(), pos
+            elif state == _LENGTH:
+                n = min(end_of_view - pos, self._remaining)
+                pos += n
+                self._remaining -= n
+                if self._remaining:
+                    break
+                return self._response(), pos
+            elif state == _CHUNK_DATA:
+                n = min(end_of_view - pos, self._remaining)
+                pos += n
+                self._remaining -= n
+                if self._remaining:
+                    break
+                state = _CHUNK_END
+            elif state == _CHUNK_END:
+                have = view[pos : pos + 2]
+                if have != b"\r\n"[: len(have)]:
+                    raise ProtocolError("chunk data not followed by CRLF")
+                if len(have) < 2:
+                    break  # a lone CR stays in the buffer
+                pos += 2
+                state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                end = view.find(b"\r\n", max(pos, scanned - 1))
+                if end < 0:
+                    if end_of_view - pos >= MAX_CHUNK_LINE + 2:
+                        raise ProtocolError(f"chunk size line longer than {MAX_CHUNK_LINE} bytes")
+                    self._scanned = end_of_view - pos
+                    break
+                if end - pos > MAX_CHUNK_LINE:
+                    raise ProtocolError(f"chunk size line longer than {MAX_CHUNK_LINE} bytes")
+                match = _CHUNK_LINE.fullmatch(view, pos, end)
+                if match is None:
+                    raise ProtocolError(f"bad chunk size line {bytes(view[pos:end])[:40]!r}")
+                size = int(match.group(1), 16)
+                pos = end + 2
+                self._length += size
+                if size:
+                    self._remaining = size
+                    state = _CHUNK_DATA
+                else:
+                    self._trailer = 0
+                    state = _TRAILER
+            elif state == _TRAILER:
+                end = view.find(b"\r\n", max(pos, scanned - 1))
+                if end < 0:
+                    # The pending line ends with at least a CRLF more than what has arrived, less
+                    # one byte if that byte is its CR.
+                    if self._trailer + end_of_view - pos + 1 > MAX_TRAILER:
+                        raise ProtocolError(f"trailer section longer than {MAX_TRAILER} bytes")
+                    self._scanned = end_of_view - pos
+                    break
+                self._trailer += end - pos + 2
+                if self._trailer > MAX_TRAILER:
+                    raise ProtocolError(f"trailer section longer than {MAX_TRAILER} bytes")
+                if end == pos:
+                    return self._response(), end + 2
+                if not _FIELD.fullmatch(view, pos, end):
+                    raise ProtocolError(f"bad trailer field line {bytes(view[pos:end])[:40]!r}")
+                pos = end + 2
+            else:  # _UNTIL_CLOSE: the body ends when the server closes
+                self._length += end_of_view - pos
+                pos = end_of_view
+                break
+            scanned = 0
+        self._state = state
+        return None, pos
+
+    def _check_partial_head(self, view: bytes | bytearray, pos: int, end: int) -> None:
+        """Refuse a head that cannot become valid however it goes on (so garbage fails at
+        once, not at the timeout); only on the slow path, when a head is split across reads."""
+        start = bytes(view[pos : pos + len(_STATUS_PREFIX)])
+        if not _STATUS_PREFIX.startswith(start):
+            raise ProtocolError(f"not an HTTP/1.x status line: {start!r}")
+        line_end = view.find(b"\r\n", pos, end)
+        if line_end >= 0 and not _STATUS_LINE.fullmatch(view, pos, line_end):
+            raise ProtocolError(f"bad status line {bytes(view[pos:line_end])[:80]!r}")
+        if end - pos >= MAX_HEAD + 4:
+            raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
+
+    def _read_head(self, head: bytes) -> int:
+        """Take a head (with the CRLF of its last line) apart; the state that follows it
+        (_DONE for a response without a body, _HEAD_STATE after an interim one)."""
+        if _HEAD.fullmatch(head) is None:
+            raise ProtocolError(_what_is_wrong(head))
+        status = int(head[9:12])
+        if status < 200:
+            if status == 101:
+                raise ProtocolError("101 Switching Protocols, but no upgrade was asked for")
+            return _HEAD_STATE  # an interim response (100 Continue, 103 Early Hints): the real one follows
+        http10 = head[7] == 0x30  # "HTTP/1.0"
+        # Fields are found in the lower-cased head: after the check, a "\r\nname:" in it can
+        # only start a field line, and every line ends with CRLF. Values are cut from `head`.
+        low = head.lower()
+        fields = {}
+        for name, prefix, skip in self._wanted:
+            start = low.find(prefix) + skip
+            fields[name] = head[start : head.find(b"\r\n", start)].strip(b" \t") if start >= skip else b""
+        self._status = status
+        self._fields = fields
+        # The usual head, fast: one Connection field, one Content-Length, no Transfer-Encoding.
+        start = low.find(b"\r\nconnection:") + 13
+        if start < 13:
+            keep_alive = not http10
+        elif (
+            low[start : low.find(b"\r\n", start)].strip(b" \t") == b"keep-alive"
+            and low.find(b"\r\nconnection:", start) < 0
+        ):
+            keep_alive = True
+        else:
+            tokens = _tokens(_all(low, b"\r\nconnection:") or b"")
+            keep_alive = b"close" not in tokens and (not http10 or b"keep-alive" in tokens)
+        start = low.find(b"\r\ncontent-length:") + 17
+        if (
+            start >= 17
+            and low.find(b"\r\ncontent-length:", start) < 0
+            and low.find(b"\r\ntransfer-encoding:") < 0
+        ):
+            value = low[start : low.find(b"\r\n", start)].strip(b" \t")
+            if not (value.isdigit() and len(value) <= _MAX_DIGITS):
+                value = _one_length(value)
+            self._remaining = self._length = length = int(value)
+            state = _LENGTH if length else _DONE
+        else:
+            self._length = 0
+            state = self._framing(low, http10)
+        if status == 204 or status == 304:
+            state = _DONE  # never a body, whatever the fields say
+        elif state == _UNTIL_CLOSE:
+            keep_alive = False
+        self._keep_alive = keep_alive
+        return state
+
+    def _framing(self, low: bytes, http10: bool) -> int:
+        """How the body is delimited when the head is not the usual one (RFC 9112 §6.3)."""
+        encoding = _all(low, b"\r\ntransfer-encoding:")
+        length = _all(low, b"\r\ncontent-length:")
+        if encoding is not None:
+            if length is not None:
+                raise ProtocolError("both Transfer-Encoding and Content-Length")
+            if http10:
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
+            codings = [c for c in _tokens(encoding) if c]
+            if codings.count(b"chunked") > 1:
+                raise ProtocolError("chunked applied twice")
+            if codings and codings[-1] == b"chunked":
+                return _CHUNK_SIZE
+            return _UNTIL_CLOSE  # a response whose last coding is not chunked ends with the connection
+        if length is None:
+            return _UNTIL_CLOSE
+        self._remaining = self._length = int(_one_length(length))
+        return _LENGTH if self._remaining else _DONE
+
+    def _response(self) -> Response:
+        return _new_tuple(Response, (self._status, self._fields, self._keep_alive, self._length))
+
+
+def _one_length(value: bytes) -> bytes:
+    """The Content-Length in a list of them ("42, 42": fields repeated or combined on the way);
+    ProtocolError unless they are all the same number."""
+    values = {v.strip(b" \t") for v in value.split(b",")}
+    if len(values) > 1:
+        raise ProtocolError(f"conflicting Content-Length values {sorted(values)!r}")
+    (value,) = values
+    if not (value.isdigit() and len(value) <= _MAX_DIGITS):
+        raise ProtocolError(f"bad Content-Length {value[:40]!r}")
+    return value
+
+
+def _all(low: bytes, prefix: bytes) -> bytes | None:
+    """Every value of the fields named by `prefix`, joined by commas, in a lower-cased head;
+    None when there is no such field."""
+    values = []
+    start = low.find(prefix)
+    while start >= 0:
+        start += len(prefix)
+        end = low.find(b"\r\n", start)
+        values.append(low[start:end].strip(b" \t"))
+        start = low.find(prefix, end)
+    return b",".join(values) if values else None
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip(b" \t") for token in value.split(b",")]
+
+
+def _what_is_wrong(head: bytes) -> str:
+    """Which line of a head that failed the check is bad (only on the error path)."""
+    lines = head[:-2].split(b"\r\n")
+    if not _STATUS_LINE.fullmatch(lines[0]):
+        return f"bad status line {lines[0][:80]!r}"
+    for line in lines[1:]:
+        if not _FIELD.fullmatch(line):
+            return f"bad field line {line[:80]!r}"
+    return "bad response head"
