@@ -34,8 +34,8 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;" + _VALUE + rb")?")
 _STATUS_PREFIX = b"HTTP/1."
 
 # Where the parse of the current response stands
-_HEAD_STATE, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _FAILED = range(8)
-_DONE = -1  # what _read_head returns for a response without a body
+_HEAD_STATE, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(7)
+_COMPLETE, _FAILED = 7, 8  # waiting for a reset: after the response, or after a ProtocolError
 
 
 class ProtocolError(Exception):
@@ -59,11 +59,13 @@ _new_tuple = tuple.__new__  # Response without the Python-level __new__ of a Nam
 
 
 class ResponseParser:
-    """Parses the responses of one connection, one after the other (no pipelining).
+    """Parses the response to each request sent on one connection (no pipelining).
 
-    `fields` names (case-insensitive) the header fields whose first value each Response
-    carries. Interim 1xx responses are skipped. After a ProtocolError the parser refuses
-    more bytes until `reset`.
+    `reset` before each request: the parser then expects one response and, once it is
+    complete, refuses further bytes until the next `reset`, so a leftover is an error however
+    the reads split it. `fields` names (case-insensitive) the header fields whose first value
+    each Response carries. Interim 1xx responses are skipped. After a ProtocolError the
+    parser refuses more bytes until `reset`, which is also how a new connection starts.
     """
 
     __slots__ = (
@@ -88,34 +90,41 @@ class ResponseParser:
         # (name, b"\r\nname:", its length), to find in the lower-cased head
         self._wanted = tuple((name, b"\r\n" + name + b":", len(name) + 3) for name in names)
         self._buf = bytearray()
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything: ready for the first response on a new connection."""
-        self._buf.clear()
-        self._scanned = 0  # bytes at the start of _buf already searched for a line end
-        self._state = _HEAD_STATE
         self._remaining = 0  # bytes still to come of a Content-Length body or of a chunk
         self._trailer = 0  # bytes of the trailer section so far
-        self._status = 0
+        self._status = 0  # the rest describe the response whose head was read last
         self._fields: dict[bytes, bytes] = {}
         self._keep_alive = True
         self._length = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Expect the response to a new request, on this connection or a new one (whatever
+        was half-read is dropped)."""
+        if self._buf:
+            self._buf.clear()
+        self._scanned = 0  # bytes at the start of _buf already searched for a line end
+        self._state = _HEAD_STATE
         self._started = False
 
     @property
     def started(self) -> bool:
-        """Some byte of the current response (an interim one included) has arrived."""
+        """Some byte has arrived since the last reset."""
         return self._started
 
     def feed(self, data: bytes) -> Response | None:
         """Take the next bytes of the connection; the response once it is complete, else None.
 
         Raises ProtocolError when the bytes are not a well-framed response, and when bytes
-        follow the end of a complete one.
+        follow the end of a complete one (in the same read or a later one).
         """
-        if self._state == _FAILED:
-            raise ProtocolError("the parser failed before; reset it for a new connection")
+        state = self._state
+        if state >= _COMPLETE:
+            if state == _FAILED:
+                raise ProtocolError("the parser failed before; reset it for a new connection")
+            if data:
+                self._state = _FAILED
+                raise ProtocolError(f"{len(data)} bytes after the end of a complete response")
         if not data:
             return None
         self._started = True
@@ -132,14 +141,13 @@ class ResponseParser:
             buf.clear()
             raise
         if response is not None:
-            if pos < len(view):
-                self._state = _FAILED
-                buf.clear()
-                raise ProtocolError(f"{len(view) - pos} bytes after the end of a complete response")
+            leftover = len(view) - pos
             if view is buf:
                 buf.clear()
-            self._state = _HEAD_STATE
-            self._started = False
+            if leftover:
+                self._state = _FAILED
+                raise ProtocolError(f"{leftover} bytes after the end of a complete response")
+            self._state = _COMPLETE
             return response
         if view is buf:
             del buf[:pos]
@@ -149,14 +157,15 @@ class ResponseParser:
 
     def feed_eof(self) -> Response | None:
         """The server closed the connection: the response if that ended it (a body that runs
-        until the close), None if no byte of a response had arrived; IncompleteResponse if the
-        close cut a response short."""
+        until the close), None if it came after a complete response or before any byte of one;
+        IncompleteResponse if it cut a response short."""
         state = self._state
         if state == _FAILED:
             raise ProtocolError("the parser failed before; reset it for a new connection")
+        if state == _COMPLETE:
+            return None
         if state == _UNTIL_CLOSE:
-            self._state = _HEAD_STATE
-            self._started = False
+            self._state = _COMPLETE
             return self._response()
         if not self._started:
             return None
@@ -175,7 +184,7 @@ class ResponseParser:
             if state == _HEAD_STATE:
                 end = view.find(b"\r\n\r\n", max(pos, scanned - 3))
                 if end < 0:
-                    self._check_partial_head(view, pos, end_of_view)
+                    self._check_partial_head(view, pos, end_of_view, scanned)
                     self._scanned = end_of_view - pos
                     break
                 if end - pos > MAX_HEAD:
@@ -186,7 +195,7 @@ class ResponseParser:
                 if state == _LENGTH:
                     if end_of_view - pos >= self._remaining:  # the usual case: the whole body is here
                         return self._response(), pos + self._remaining
-                elif state == _DONE:
+                elif state == _COMPLETE:
                     return self._response(), pos
             elif state == _LENGTH:
                 n = min(end_of_view - pos, self._remaining)
@@ -213,7 +222,7 @@ class ResponseParser:
             elif state == _CHUNK_SIZE:
                 end = view.find(b"\r\n", max(pos, scanned - 1))
                 if end < 0:
-                    if end_of_view - pos >= MAX_CHUNK_LINE + 2:
+                    if _shortest_line(view, pos, end_of_view) > MAX_CHUNK_LINE:
                         raise ProtocolError(f"chunk size line longer than {MAX_CHUNK_LINE} bytes")
                     self._scanned = end_of_view - pos
                     break
@@ -234,9 +243,9 @@ class ResponseParser:
             elif state == _TRAILER:
                 end = view.find(b"\r\n", max(pos, scanned - 1))
                 if end < 0:
-                    # The pending line ends with at least a CRLF more than what has arrived, less
-                    # one byte if that byte is its CR.
-                    if self._trailer + end_of_view - pos + 1 > MAX_TRAILER:
+                    # The pending line, its CRLF and, unless it may be that line, the blank one.
+                    line = _shortest_line(view, pos, end_of_view)
+                    if self._trailer + line + (4 if line else 2) > MAX_TRAILER:
                         raise ProtocolError(f"trailer section longer than {MAX_TRAILER} bytes")
                     self._scanned = end_of_view - pos
                     break
@@ -256,21 +265,35 @@ class ResponseParser:
         self._state = state
         return None, pos
 
-    def _check_partial_head(self, view: bytes | bytearray, pos: int, end: int) -> None:
-        """Refuse a head that cannot become valid however it goes on (so garbage fails at
-        once, not at the timeout); only on the slow path, when a head is split across reads."""
+    def _check_partial_head(self, view: bytes | bytearray, pos: int, end: int, scanned: int) -> None:
+        """Refuse a head that cannot become valid however it goes on, so that garbage fails
+        at once and not at the timeout (only on the slow path, a head split across reads).
+        `scanned` bytes from `pos` were checked by an earlier call."""
         start = bytes(view[pos : pos + len(_STATUS_PREFIX)])
         if not _STATUS_PREFIX.startswith(start):
             raise ProtocolError(f"not an HTTP/1.x status line: {start!r}")
+        ending = (
+            3
+            if view.endswith(b"\r\n\r")
+            else 2
+            if view.endswith(b"\r\n")
+            else 1
+            if view.endswith(b"\r")
+            else 0
+        )
+        if end - pos - ending > MAX_HEAD:  # the blank line can start no earlier than `ending` bytes back
+            raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
+        # Every LF among the bytes not seen before must end a CRLF (whose CR may be older).
+        new = pos + scanned
+        if view.count(b"\n", new, end) != view.count(b"\r\n", max(pos, new - 1), end):
+            raise ProtocolError("a bare LF in the response head")
         line_end = view.find(b"\r\n", pos, end)
         if line_end >= 0 and not _STATUS_LINE.fullmatch(view, pos, line_end):
             raise ProtocolError(f"bad status line {bytes(view[pos:line_end])[:80]!r}")
-        if end - pos >= MAX_HEAD + 4:
-            raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
 
     def _read_head(self, head: bytes) -> int:
         """Take a head (with the CRLF of its last line) apart; the state that follows it
-        (_DONE for a response without a body, _HEAD_STATE after an interim one)."""
+        (_COMPLETE for a response without a body, _HEAD_STATE after an interim one)."""
         if _HEAD.fullmatch(head) is None:
             raise ProtocolError(_what_is_wrong(head))
         status = int(head[9:12])
@@ -310,12 +333,13 @@ class ResponseParser:
             if not (value.isdigit() and len(value) <= _MAX_DIGITS):
                 value = _one_length(value)
             self._remaining = self._length = length = int(value)
-            state = _LENGTH if length else _DONE
+            state = _LENGTH if length else _COMPLETE
         else:
             self._length = 0
             state = self._framing(low, http10)
         if status == 204 or status == 304:
-            state = _DONE  # never a body, whatever the fields say
+            state = _COMPLETE  # never a body, whatever the fields say
+            self._length = 0
         elif state == _UNTIL_CLOSE:
             keep_alive = False
         self._keep_alive = keep_alive
@@ -339,7 +363,7 @@ class ResponseParser:
         if length is None:
             return _UNTIL_CLOSE
         self._remaining = self._length = int(_one_length(length))
-        return _LENGTH if self._remaining else _DONE
+        return _LENGTH if self._remaining else _COMPLETE
 
     def _response(self) -> Response:
         return _new_tuple(Response, (self._status, self._fields, self._keep_alive, self._length))
@@ -368,6 +392,12 @@ def _all(low: bytes, prefix: bytes) -> bytes | None:
         values.append(low[start:end].strip(b" \t"))
         start = low.find(prefix, end)
     return b",".join(values) if values else None
+
+
+def _shortest_line(view: bytes | bytearray, pos: int, end: int) -> int:
+    """How long the line that starts at `pos` will be at least, when what has arrived of it
+    (up to `end`) holds no CRLF yet: all of it, but a last CR may start its CRLF."""
+    return end - pos - (1 if view.endswith(b"\r") else 0)
 
 
 def _tokens(value: bytes) -> list[bytes]:

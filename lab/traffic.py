@@ -445,6 +445,7 @@ class _Engine:
         slot.out = self.requests[client if client >= 0 else 0]
         slot.started = now
         slot.deadline = now + self.timeout
+        slot.parser.reset()
         if slot.sock is None:
             slot.reused = False
             self._connect(slot, now)
@@ -565,6 +566,7 @@ class _Engine:
             self._close(slot)
             slot.out = self.requests[slot.client if slot.client >= 0 else 0]
             slot.reused = False
+            slot.parser.reset()
             self._connect(slot, now)  # same start and deadline: the retry is part of the request
         else:
             self._fail(slot, cause, now)
@@ -589,7 +591,6 @@ class _Engine:
                 self.poller.unregister(slot.fd)
         slot.fd = -1
         sock.close()
-        slot.parser.reset()
         slot.out = b""
         if slot.state != _BACKOFF:
             slot.state = _IDLE
