@@ -61,7 +61,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL and friends; HTAB is allowed
 _ENGINE_HEADERS = frozenset({"host", "connection", "content-length", "transfer-encoding"})
 _IDENTITY_HEADERS = frozenset({"x-client-id", "cookie"})
-_SERVED_BY, _UPSTREAM_ADDR = b"x-served-by", b"x-upstream-addr"
+_SERVED_BY, _UPSTREAM_ADDR = b"x-served-by", b"x-upstream-addr"  # what the parser keeps of a response
 
 
 def loopback_address(host: str) -> tuple[socket.AddressFamily, str]:
@@ -292,7 +292,7 @@ class _Slot:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = _IDLE
-        self.parser = ResponseParser((_SERVED_BY.decode(), _UPSTREAM_ADDR.decode()))
+        self.parser = ResponseParser(("X-Served-By", "X-Upstream-Addr"))
         self.out = b""
         self.started = 0.0
         self.deadline = 0.0
@@ -336,8 +336,8 @@ class _Engine:
         self.slots = [_Slot() for _ in range(concurrency)]
         self.poller = _Poller()
         self.by_fd: dict[int, _Slot] = {}
-        self.pacer = Pacer(0.0, requests=budget, duration=duration, rate=rate)
-        self.counts = Counts(0.0)
+        self.pacer = Pacer(0.0, requests=budget, duration=duration, rate=rate)  # both made anew
+        self.counts = Counts(0.0)  # when the run starts
         self.starved = False  # a paced request is due but every connection is busy
         self.hard_stop_at = math.inf
 
@@ -601,9 +601,9 @@ class _Poller:
     else what `selectors` offers. epoll is used bare because the selectors wrapper costs
     about a microsecond per event, a tenth of what a whole request costs the loop."""
 
-    def __init__(self) -> None:
-        self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._selector = selectors.DefaultSelector() if self._epoll is None else None
+    def __init__(self, *, epoll: bool = hasattr(select, "epoll")) -> None:
+        self._epoll = select.epoll() if epoll else None
+        self._selector = None if epoll else selectors.DefaultSelector()
 
     def register(self, fd: int, *, write: bool) -> None:
         if self._epoll is not None:

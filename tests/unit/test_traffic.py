@@ -20,6 +20,7 @@ from lab.traffic import (
     UNNAMED_REPLICA,
     Pacer,
     Tally,
+    _Poller,
     build_requests,
     loopback_address,
     run_load,
@@ -586,3 +587,22 @@ def test_every_address_nginx_tried_is_counted_per_second_5xx_included() -> None:
             tried[address] = tried.get(address, 0) + n
     assert tried == {"10.0.0.1:80": 10, "10.0.0.2:80": 10, "10.0.0.3:80": 10}  # r3's 503s too
     assert sum(sum(s.tried.values()) for s in t.timeline) == t.sent
+
+
+@pytest.mark.parametrize("epoll", [True, False], ids=["epoll", "selectors"])
+def test_poller_reports_readiness_by_file_descriptor(epoll: bool) -> None:
+    poller = _Poller(epoll=epoll)
+    a, b = socket.socketpair()
+    try:
+        poller.register(a.fileno(), write=True)
+        assert poller.poll(1.0) == [a.fileno()]  # room to write
+        poller.modify(a.fileno(), write=False)
+        assert poller.poll(0.01) == []  # nothing to read yet
+        b.send(b"x")
+        assert poller.poll(1.0) == [a.fileno()]
+        poller.unregister(a.fileno())
+        assert poller.poll(0.01) == []
+    finally:
+        poller.close()
+        a.close()
+        b.close()
