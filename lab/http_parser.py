@@ -272,16 +272,9 @@ class ResponseParser:
         start = bytes(view[pos : pos + len(_STATUS_PREFIX)])
         if not _STATUS_PREFIX.startswith(start):
             raise ProtocolError(f"not an HTTP/1.x status line: {start!r}")
-        ending = (
-            3
-            if view.endswith(b"\r\n\r")
-            else 2
-            if view.endswith(b"\r\n")
-            else 1
-            if view.endswith(b"\r")
-            else 0
-        )
-        if end - pos - ending > MAX_HEAD:  # the blank line can start no earlier than `ending` bytes back
+        # The head ends where CRLFCRLF starts: at the earliest in the last bytes that begin one.
+        ending = next(n for n in (3, 2, 1, 0) if view.endswith(b"\r\n\r\n"[:n]))
+        if end - pos - ending > MAX_HEAD:
             raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
         # Every LF among the bytes not seen before must end a CRLF (whose CR may be older).
         new = pos + scanned
