@@ -16,8 +16,10 @@ is a `ProtocolError`, whatever the input and however it is split between calls.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 MAX_HEAD = 64 * 1024  # status line and fields, without the blank line
@@ -50,7 +52,7 @@ class Response(NamedTuple):
     """One complete response: what a load engine counts of it."""
 
     status: int
-    fields: dict[bytes, bytes]  # each wanted name (lower case) -> its first value, b"" if absent
+    fields: Mapping[bytes, bytes]  # each wanted name (lower case) -> its first value, b"" if absent
     keep_alive: bool  # the connection may carry the next request
     body_length: int  # bytes of content (after undoing the chunked coding)
 
@@ -75,9 +77,7 @@ class ResponseParser:
         "_state",
         "_remaining",
         "_trailer",
-        "_status",
-        "_fields",
-        "_keep_alive",
+        "_head",
         "_length",
         "_started",
     )
@@ -87,15 +87,12 @@ class ResponseParser:
         for name in names:
             if not _FIELD.fullmatch(name + b":"):
                 raise ValueError(f"not a field name: {name!r}")
-        # (name, b"\r\nname:", its length), to find in the lower-cased head
-        self._wanted = tuple((name, b"\r\n" + name + b":", len(name) + 3) for name in names)
+        self._wanted = tuple((name, b"\r\n" + name + b":") for name in names)
         self._buf = bytearray()
         self._remaining = 0  # bytes still to come of a Content-Length body or of a chunk
         self._trailer = 0  # bytes of the trailer section so far
-        self._status = 0  # the rest describe the response whose head was read last
-        self._fields: dict[bytes, bytes] = {}
-        self._keep_alive = True
-        self._length = 0
+        self._head = _NO_HEAD  # the head of the current response, once it has arrived
+        self._length = 0  # bytes of its content so far (all of them with a Content-Length)
         self.reset()
 
     def reset(self) -> None:
@@ -189,9 +186,14 @@ class ResponseParser:
                     break
                 if end - pos > MAX_HEAD:
                     raise ProtocolError(f"response head longer than {MAX_HEAD} bytes")
-                head = bytes(view[pos : end + 2])
+                head = _read_head(bytes(view[pos : end + 2]), self._wanted)
                 pos = end + 4
-                state = self._read_head(head)
+                state = head.framing
+                if (
+                    head.status >= 200
+                ):  # not an interim response (100 Continue), after which the real one comes
+                    self._head = head
+                    self._remaining = self._length = head.length
                 if state == _LENGTH:
                     if end_of_view - pos >= self._remaining:  # the usual case: the whole body is here
                         return self._response(), pos + self._remaining
@@ -284,99 +286,98 @@ class ResponseParser:
         if line_end >= 0 and not _STATUS_LINE.fullmatch(view, pos, line_end):
             raise ProtocolError(f"bad status line {bytes(view[pos:line_end])[:80]!r}")
 
-    def _read_head(self, head: bytes) -> int:
-        """Take a head (with the CRLF of its last line) apart; the state that follows it
-        (_COMPLETE for a response without a body, _HEAD_STATE after an interim one)."""
-        if _HEAD.fullmatch(head) is None:
-            raise ProtocolError(_what_is_wrong(head))
-        status = int(head[9:12])
-        if status < 200:
-            if status == 101:
-                raise ProtocolError("101 Switching Protocols, but no upgrade was asked for")
-            return _HEAD_STATE  # an interim response (100 Continue, 103 Early Hints): the real one follows
-        http10 = head[7] == 0x30  # "HTTP/1.0"
-        # Fields are found in the lower-cased head: after the check, a "\r\nname:" in it can
-        # only start a field line, and every line ends with CRLF. Values are cut from `head`.
-        low = head.lower()
-        fields = {}
-        for name, prefix, skip in self._wanted:
-            start = low.find(prefix) + skip
-            fields[name] = head[start : head.find(b"\r\n", start)].strip(b" \t") if start >= skip else b""
-        self._status = status
-        self._fields = fields
-        # The usual head, fast: one Connection field, one Content-Length, no Transfer-Encoding.
-        start = low.find(b"\r\nconnection:") + 13
-        if start < 13:
-            keep_alive = not http10
-        elif (
-            low[start : low.find(b"\r\n", start)].strip(b" \t") == b"keep-alive"
-            and low.find(b"\r\nconnection:", start) < 0
-        ):
-            keep_alive = True
-        else:
-            tokens = _tokens(_all(low, b"\r\nconnection:") or b"")
-            keep_alive = b"close" not in tokens and (not http10 or b"keep-alive" in tokens)
-        start = low.find(b"\r\ncontent-length:") + 17
-        if (
-            start >= 17
-            and low.find(b"\r\ncontent-length:", start) < 0
-            and low.find(b"\r\ntransfer-encoding:") < 0
-        ):
-            value = low[start : low.find(b"\r\n", start)].strip(b" \t")
-            if not (value.isdigit() and len(value) <= _MAX_DIGITS):
-                value = _one_length(value)
-            self._remaining = self._length = length = int(value)
-            state = _LENGTH if length else _COMPLETE
-        else:
-            self._length = 0
-            state = self._framing(low, http10)
-        if status == 204 or status == 304:
-            state = _COMPLETE  # never a body, whatever the fields say
-            self._length = 0
-        elif state == _UNTIL_CLOSE:
-            keep_alive = False
-        self._keep_alive = keep_alive
-        return state
-
-    def _framing(self, low: bytes, http10: bool) -> int:
-        """How the body is delimited when the head is not the usual one (RFC 9112 §6.3)."""
-        encoding = _all(low, b"\r\ntransfer-encoding:")
-        length = _all(low, b"\r\ncontent-length:")
-        if encoding is not None:
-            if length is not None:
-                raise ProtocolError("both Transfer-Encoding and Content-Length")
-            if http10:
-                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
-            codings = [c for c in _tokens(encoding) if c]
-            if codings.count(b"chunked") > 1:
-                raise ProtocolError("chunked applied twice")
-            if codings and codings[-1] == b"chunked":
-                return _CHUNK_SIZE
-            return _UNTIL_CLOSE  # a response whose last coding is not chunked ends with the connection
-        if length is None:
-            return _UNTIL_CLOSE
-        self._remaining = self._length = int(_one_length(length))
-        return _LENGTH if self._remaining else _COMPLETE
-
     def _response(self) -> Response:
-        return _new_tuple(Response, (self._status, self._fields, self._keep_alive, self._length))
+        head = self._head
+        return _new_tuple(Response, (head.status, head.fields, head.keep_alive, self._length))
 
 
-def _one_length(value: bytes) -> bytes:
-    """The Content-Length in a list of them ("42, 42": fields repeated or combined on the way);
-    ProtocolError unless they are all the same number."""
-    values = {v.strip(b" \t") for v in value.split(b",")}
-    if len(values) > 1:
-        raise ProtocolError(f"conflicting Content-Length values {sorted(values)!r}")
-    (value,) = values
-    if not (value.isdigit() and len(value) <= _MAX_DIGITS):
-        raise ProtocolError(f"bad Content-Length {value[:40]!r}")
-    return value
+class _Head(NamedTuple):
+    """What a response's head says."""
+
+    status: int
+    fields: Mapping[bytes, bytes]  # read-only: one head's fields are shared by its Responses
+    keep_alive: bool
+    framing: int  # the parser's state after the head (_HEAD_STATE after an interim response)
+    length: int  # the Content-Length, else 0
 
 
-def _all(low: bytes, prefix: bytes) -> bytes | None:
-    """Every value of the fields named by `prefix`, joined by commas, in a lower-cased head;
-    None when there is no such field."""
+_NO_HEAD = _Head(0, MappingProxyType({}), True, _HEAD_STATE, 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_head(head: bytes, wanted: tuple[tuple[bytes, bytes], ...]) -> _Head:
+    """Take a head (with the CRLF of its last line) apart; `wanted` holds (lower-case name,
+    b"\\r\\nname:") of the fields whose first value to keep. ProtocolError if it is not a valid one.
+
+    Memoized: a load meets the same few heads again and again (nginx's differ by replica and
+    by the Date, once a second), and the cache spares each response most of the parse.
+    """
+    if _HEAD.fullmatch(head) is None:
+        raise ProtocolError(_what_is_wrong(head))
+    status = int(head[9:12])
+    if status < 200:
+        if status == 101:
+            raise ProtocolError("101 Switching Protocols, but no upgrade was asked for")
+        return _Head(status, _NO_HEAD.fields, True, _HEAD_STATE, 0)
+    http10 = head[7] == 0x30  # "HTTP/1.0"
+    # Fields are found in the lower-cased head: after the check, a "\r\nname:" in it can only
+    # start a field line, and every line ends with CRLF. Values are cut from `head`.
+    low = head.lower()
+    fields = MappingProxyType({name: _first(head, low, prefix) for name, prefix in wanted})
+    connection = _values(low, b"\r\nconnection:")
+    if connection != [b"keep-alive"]:  # the usual value needs no splitting
+        connection = _tokens(connection)
+    keep_alive = b"close" not in connection and (not http10 or b"keep-alive" in connection)
+    framing, length = _framing(low, http10)
+    if status == 204 or status == 304:
+        framing, length = _COMPLETE, 0  # never a body, whatever the fields say
+    elif framing == _UNTIL_CLOSE:
+        keep_alive = False
+    return _Head(status, fields, keep_alive, framing, length)
+
+
+def _framing(low: bytes, http10: bool) -> tuple[int, int]:
+    """How the body is delimited (RFC 9112 §6.3): the parser's next state and the Content-Length."""
+    encodings = _values(low, b"\r\ntransfer-encoding:")
+    lengths = _values(low, b"\r\ncontent-length:")
+    if encodings:
+        if lengths:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if http10:
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
+        codings = [c for c in _tokens(encodings) if c]
+        if codings.count(b"chunked") > 1:
+            raise ProtocolError("chunked applied twice")
+        if codings and codings[-1] == b"chunked":
+            return _CHUNK_SIZE, 0
+        return _UNTIL_CLOSE, 0  # a response whose last coding is not chunked ends with the connection
+    if not lengths:
+        return _UNTIL_CLOSE, 0
+    if len(lengths) == 1 and lengths[0].isdigit():
+        number = lengths[0]
+    else:  # repeated fields or a list ("42, 42") are fine if they agree: proxies combine them
+        numbers = {n.strip(b" \t") for value in lengths for n in value.split(b",")}
+        if len(numbers) > 1:
+            raise ProtocolError(f"conflicting Content-Length values {sorted(numbers)!r}")
+        (number,) = numbers
+    if not (number.isdigit() and len(number) <= _MAX_DIGITS):
+        raise ProtocolError(f"bad Content-Length {number[:40]!r}")
+    length = int(number)
+    return (_LENGTH if length else _COMPLETE), length
+
+
+def _first(head: bytes, low: bytes, prefix: bytes) -> bytes:
+    """The first value of the field `prefix` (b"\\r\\nname:") finds in `low`, cut from `head`;
+    b"" when there is none."""
+    start = low.find(prefix)
+    if start < 0:
+        return b""
+    start += len(prefix)
+    return head[start : head.find(b"\r\n", start)].strip(b" \t")
+
+
+def _values(low: bytes, prefix: bytes) -> list[bytes]:
+    """Every value of the field `prefix` (b"\\r\\nname:") finds in a lower-cased head."""
     values = []
     start = low.find(prefix)
     while start >= 0:
@@ -384,7 +385,7 @@ def _all(low: bytes, prefix: bytes) -> bytes | None:
         end = low.find(b"\r\n", start)
         values.append(low[start:end].strip(b" \t"))
         start = low.find(prefix, end)
-    return b",".join(values) if values else None
+    return values
 
 
 def _shortest_line(view: bytes | bytearray, pos: int, end: int) -> int:
@@ -393,8 +394,9 @@ def _shortest_line(view: bytes | bytearray, pos: int, end: int) -> int:
     return end - pos - (1 if view.endswith(b"\r") else 0)
 
 
-def _tokens(value: bytes) -> list[bytes]:
-    return [token.strip(b" \t") for token in value.split(b",")]
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """The comma-separated tokens of a field's values (already in lower case)."""
+    return [token.strip(b" \t") for value in values for token in value.split(b",")]
 
 
 def _what_is_wrong(head: bytes) -> str:

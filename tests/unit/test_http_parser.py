@@ -422,7 +422,7 @@ def test_a_close_between_responses_is_no_response() -> None:
 
 def test_responses_follow_each_other_on_one_connection() -> None:
     parser = ResponseParser(WANTED)
-    statuses = []
+    statuses: list[tuple[int, bytes, int]] = []
     for data in (
         CL5 + b"X-Served-By: r1\r\n\r\nhello",
         b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -457,6 +457,26 @@ def test_reset_forgets_a_half_read_response() -> None:
     parser.reset()
     assert not parser.started
     assert parser.feed(CL5 + b"\r\nhello") == Response(200, {}, True, 5)
+
+
+def test_heads_seen_before_give_the_same_answer() -> None:
+    """Heads are memoized: the same head read by parsers that keep different fields."""
+    data = CL5 + b"X-Served-By: r1\r\nX-Upstream-Addr: a\r\n\r\nhello"
+    served, upstream, neither = (
+        ResponseParser(["X-Served-By"]),
+        ResponseParser(["x-upstream-addr"]),
+        ResponseParser(),
+    )
+    for _ in range(2):
+        for parser in (served, upstream, neither):
+            parser.reset()
+        assert served.feed(data) == Response(200, {b"x-served-by": b"r1"}, True, 5)
+        assert upstream.feed(data) == Response(200, {b"x-upstream-addr": b"a"}, True, 5)
+        response = neither.feed(data)
+        assert response == Response(200, {}, True, 5)
+    assert response is not None
+    with pytest.raises(TypeError):
+        response.fields[b"x"] = b"y"  # type: ignore[index]  # shared by every response with that head
 
 
 def test_wanted_field_names_must_be_tokens() -> None:
