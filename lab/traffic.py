@@ -2,10 +2,10 @@
 
 Engine: one thread of non-blocking sockets on an epoll loop, standard library only. The server
 shares this 2-core machine, so the client that spends the least CPU per request wins: against a
-loopback nginx this loop keeps up with wrk -t2 (bench/load_engine.py) where asyncio streams
-reached 70%; more processes would only starve the server. The loop only moves bytes: responses
-are parsed by `http_parser.ResponseParser`, outcomes counted by `tally.Counts`, and when a
-request may start is decided by `Pacer`; all three are pure and tested without sockets.
+loopback nginx this loop keeps pace with wrk -t2 (bench/load_engine.py) where asyncio streams
+managed three quarters of it; more processes would only starve the server. The loop only moves
+bytes: responses are parsed by `http_parser.ResponseParser`, outcomes counted by `tally.Counts`,
+and when a request may start is decided by `Pacer`; all three are pure and tested without sockets.
 """
 
 from __future__ import annotations
