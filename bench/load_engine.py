@@ -5,6 +5,8 @@ blocks that answer like the lab's replicas (X-Served-By, X-Upstream-Addr). wrk r
 seconds; run_load then sends the same number of requests over the same C connections, with
 an X-Lab-Run header as the lab sends it. Other work on a shared 2-core machine makes single
 runs swing by +-30%, so the two alternate for R rounds and the median ratio is the verdict.
+CPU seconds per request (user + system, from getrusage) are steadier than rates on a busy
+machine: the engine's aim is the least CPU per request, since the server shares the cores.
 A last paced run (1000 req/s for 2 s) shows how well `rate` holds.
 Everything is bounded: wrk by -d, run_load by that count and 3xS seconds, nginx is stopped.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -98,10 +101,24 @@ def wait_for_port(port: int, timeout: float = 5.0) -> None:
     raise SystemExit(f"nginx did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def run_wrk(wrk: str, port: int, concurrency: int, seconds: int) -> tuple[int, float]:
-    """(requests done, requests per second) as wrk reports them."""
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by the child processes that ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_wrk(wrk: str, port: int, concurrency: int, seconds: int) -> tuple[int, float, float]:
+    """(requests done, requests per second) as wrk reports them, and wrk's CPU seconds."""
     cmd = [wrk, "-t2", f"-c{concurrency}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+    cpu = children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    cpu = children_cpu() - cpu
     done = re.search(r"(\d+) requests in", out)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
@@ -109,7 +126,7 @@ def run_wrk(wrk: str, port: int, concurrency: int, seconds: int) -> tuple[int, f
         raise SystemExit(f"could not read wrk's output:\n{out}")
     if errors:
         print(f"wrk saw errors: {errors.group(0)}")
-    return int(done.group(1)), float(rate.group(1))
+    return int(done.group(1)), float(rate.group(1)), cpu
 
 
 def main() -> int:
@@ -142,9 +159,10 @@ def main() -> int:
             wait_for_port(port)
             run_load("127.0.0.1", port, requests=2000, duration=10, concurrency=args.concurrency)
             print(f"nginx workers {args.workers}, {args.concurrency} connections, {os.cpu_count()} cores")
-            ratios = []
+            ratios, cpu_ratios = [], []
             for round_ in range(1, args.rounds + 1):
-                done, wrk_rps = run_wrk(wrk, port, args.concurrency, args.seconds)
+                done, wrk_rps, wrk_cpu = run_wrk(wrk, port, args.concurrency, args.seconds)
+                cpu = own_cpu()
                 tally = run_load(
                     "127.0.0.1",
                     port,
@@ -153,8 +171,14 @@ def main() -> int:
                     concurrency=args.concurrency,
                     headers={"X-Lab-Run": "bench"},
                 )
+                cpu = own_cpu() - cpu
                 ratios.append(tally.throughput_rps / wrk_rps)
+                cpu_ratios.append(cpu / wrk_cpu)
                 report(round_, done, wrk_rps, tally)
+                print(
+                    f"         CPU per request: wrk {wrk_cpu / done * 1e6:.1f} us, "
+                    f"run_load {cpu / tally.sent * 1e6:.1f} us (ratio {cpu / wrk_cpu:.2f})"
+                )
             paced = run_load(
                 "127.0.0.1",
                 port,
@@ -173,6 +197,10 @@ def main() -> int:
     )
     print(
         f"ratio run_load / wrk: {statistics.median(ratios):.2f} (median of {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    print(
+        f"CPU ratio run_load / wrk for the same requests: {statistics.median(cpu_ratios):.2f} "
+        f"(median of {', '.join(f'{r:.2f}' for r in cpu_ratios)}; lower is better)"
     )
     return 0
 
