@@ -110,6 +110,16 @@ def session_labs(session: str) -> list[str]:
     return [f"{SESSION}={session}", NAME]
 
 
+def session_resources(session: str) -> list[str]:
+    """Docker label filters for everything one session made: its labs, and the engine-wide parts it
+    started (a registry, swarm nodes, a test's overlay network), which carry no lab name.
+
+    What its reaper removes: a part left behind would outlive the session (nodes and overlays keep
+    a swarm the session initialised in use). The reaper itself carries the label and goes last.
+    """
+    return [f"{SESSION}={session}"]
+
+
 def for_session_reaper(session: str) -> dict[str, str]:
     """Labels of the reaper that guards `session`: it belongs to no lab."""
     return {ROLE: ROLE_REAPER, SESSION: session}

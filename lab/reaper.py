@@ -5,7 +5,8 @@ container) or on another machine sharing the engine, the same number names anoth
 none. A connection can: each pytest session starts (or joins) a reaper for its session id and
 keeps a TCP connection to it open; the kernel closes that connection however the session ends,
 kill -9 included. Once no connection has been open for a grace period, the reaper removes the
-containers, networks and volumes labelled with that session (`lab.session`), then itself. No
+containers, networks and volumes labelled with that session (`lab.session`): its labs and the
+engine-wide parts it started (a registry, swarm nodes), then itself. No
 session ever removes another's labs, and a crashed session's labs go without anyone's help.
 
 `lab up --ttl` starts a reaper with a deadline instead: it needs no connection and no network, and
@@ -184,19 +185,14 @@ class SessionReaper:
         self.sock.close()
 
 
-def guard_session(
-    engine: Engine, session: str, *, grace: int | None = None, timeout: float = 60.0
-) -> SessionReaper:
-    """Start this session's reaper, or join the one another process of the session started, and
-    hold a connection to it. Raises ReaperFailed with the reason when that cannot be done."""
-    image = ensure_image(engine)
-    name = session_reaper_name(session)
-    request = reaper_request(
-        name=name,
+def session_reaper_request(session: str, image: str, grace: int | None = None) -> ContainerRequest:
+    """The reaper of `session`: it removes everything labelled with the session (labels.session_resources)."""
+    return reaper_request(
+        name=session_reaper_name(session),
         image=image,
         labels_=labels.for_session_reaper(session),
         environment={
-            "LAB_REAP_LABELS": json.dumps(labels.session_labs(session)),
+            "LAB_REAP_LABELS": json.dumps(labels.session_resources(session)),
             "LAB_REAPER_SESSION": session,
             "LAB_REAPER_PORT": str(PORT),
             "LAB_REAPER_GRACE": str(grace if grace is not None else grace_seconds()),
@@ -204,6 +200,15 @@ def guard_session(
         },
         publish=True,
     )
+
+
+def guard_session(
+    engine: Engine, session: str, *, grace: int | None = None, timeout: float = 60.0
+) -> SessionReaper:
+    """Start this session's reaper, or join the one another process of the session started, and
+    hold a connection to it. Raises ReaperFailed with the reason when that cannot be done."""
+    request = session_reaper_request(session, ensure_image(engine), grace)
+    name = request.name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         container = engine.container_named(name)

@@ -137,7 +137,9 @@ def swarm_manager(lab_engine: Engine) -> Iterator[swarm.Manager]:
     disturbs container DNS on the engine for a moment (others' tests run on it too), so it happens
     here only. If the engine is in no swarm, the lab's own code initialises one (with the lab's
     record) and leaves it at the end as it found it; a swarm that exists is used and left alone.
-    Meanwhile an overlay network of the session pins it, so no test's `lab down` leaves it."""
+    Meanwhile an overlay network of the session pins it, so no test's `lab down` leaves it; it carries
+    the session's label, so the session's reaper removes it (and then leaves the swarm) if the session
+    is killed. Tests that enter swarm mode are marked `swarm` and run last (tests/conftest.py)."""
     engine = lab_engine
     before = swarm_found(engine)
     if before.state == "active" and not swarm.view(engine).manager:

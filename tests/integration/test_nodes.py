@@ -25,6 +25,8 @@ from lab.spec import DEFAULT_SITE
 
 from .conftest import raw, run_lab
 
+pytestmark = pytest.mark.swarm
+
 HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
 NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
 TASKS_TIMEOUT = 120.0

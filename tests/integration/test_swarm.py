@@ -26,6 +26,8 @@ from lab.taskwatch import last_change
 
 from .conftest import raw, run_lab, served_by, write_site
 
+pytestmark = pytest.mark.swarm
+
 WAIT = 60.0
 
 
@@ -261,13 +263,16 @@ def test_a_name_taken_by_a_service_or_a_stack_is_refused_and_nothing_is_left(
 ) -> None:
     name, stack = unique_name("taken"), unique_name("stack")
     # Someone else's service with the name the lab's would have, and a stack named like the lab:
-    # no replicas, so nothing runs.
+    # no replicas, so nothing runs. Only the session's label: its reaper removes them if this test dies.
+    mine = {labels.SESSION: labels.session_id()}
     made = [
         lab_engine.client.api.create_service(
             {"ContainerSpec": {"Image": "lab/httpd:2.4-debian"}}, name=service, labels=found,
             mode={"Replicated": {"Replicas": 0}},
         )["ID"]
-        for service, found in ((f"{name}-web", {"test": "not a lab"}), (f"{stack}_web", {STACK_NAMESPACE: stack}))
+        for service, found in (
+            (f"{name}-web", {"test": "not a lab", **mine}), (f"{stack}_web", {STACK_NAMESPACE: stack, **mine})
+        )
     ]  # fmt: skip
     try:
         for lab, message in (

@@ -21,6 +21,8 @@ from lab.pytest_plugin import free_port, unique_name
 
 from .conftest import run_lab, served_by
 
+pytestmark = pytest.mark.swarm
+
 RECOVERY = 60.0  # seconds: every replica answers again within a minute of a node's death
 
 

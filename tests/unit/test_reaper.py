@@ -178,6 +178,39 @@ def test_a_session_reaper_selects_its_sessions_labs_only() -> None:
     assert "lab.session%3Dpytest-1" in query
 
 
+def selects(filters: list[str], found: dict[str, str]) -> bool:
+    """Docker's label filters, ANDed: `key=value` wants that value, `key` only the key."""
+    for wanted in filters:
+        key, has_value, value = wanted.partition("=")
+        if key not in found or (has_value and found[key] != value):
+            return False
+    return True
+
+
+def test_a_session_reaper_selects_everything_its_session_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A killed session once left its swarm pin (an overlay without lab.name) and with it the swarm.
+    monkeypatch.setenv("LAB_SESSION", "pytest.abc")
+    made = {
+        "a lab's replica": labels.for_lab("l", labels.ROLE_WEB),
+        "a swarm lab's watcher": labels.for_lab("l", labels.ROLE_WATCHER),
+        "a swarm lab's task": labels.for_lab("l", labels.ROLE_TASK, engine="swarm"),
+        "a node": labels.for_component(labels.ROLE_NODE, node_set="n"),
+        "a node's volume": labels.for_component(labels.ROLE_NODE_STORAGE, node_set="n"),
+        "a registry": labels.for_component(labels.ROLE_REGISTRY, registry="r"),
+        "a registry's volume": labels.for_component(labels.ROLE_REGISTRY_STORAGE, registry="r"),
+        "a registry's network": labels.for_component(labels.ROLE_REGISTRY_NET, registry="r"),
+        "a test session's swarm pin": labels.for_component("swarm-pin"),
+    }
+    request = reaper.session_reaper_request("pytest.abc", "lab/reaper:1", grace=3)
+    filters = json.loads(request.environment["LAB_REAP_LABELS"])
+    assert [what for what, found in made.items() if not selects(filters, found)] == []
+    monkeypatch.setenv("LAB_SESSION", "pytest.other")
+    assert not selects(filters, labels.for_component(labels.ROLE_NODE))  # another session's node
+    assert not selects(filters, labels.for_session_reaper("pytest.other"))
+    assert request.name == reaper.session_reaper_name("pytest.abc")  # it spares itself by name
+    assert request.environment["LAB_REAPER_GRACE"] == "3"
+
+
 def test_workers_of_one_session_share_one_reaper_name() -> None:
     a = reaper.session_reaper_name("pytest-abc")
     assert a == reaper.session_reaper_name("pytest-abc") != reaper.session_reaper_name("pytest-abd")
