@@ -286,6 +286,19 @@ def wire_registries(engine: Engine, containers: list[ContainerInfo] | None = Non
     return started
 
 
+def forget_gone_networks(engine: Engine, container: ContainerInfo) -> list[str]:
+    """Take a stopped node off the networks removed while it was down; return their names.
+
+    A running node is detached when a registry goes, a stopped one is not (the engine lists only
+    active endpoints), and the engine then refuses to start it ("Could not attach to network ...
+    not found"): another session's registry, removed while a chaos test had killed this node.
+    """
+    gone = [name for name in container.networks if engine.network(name) is None]
+    for name in gone:
+        engine.detach(name, container)  # by name: the engine forgets a stopped container's endpoint
+    return gone
+
+
 # Removing ----------------------------------------------------------------------------------------
 def rm(engine: Engine, name: str) -> NodesRemoved:
     """Remove one node: it leaves the swarm, stops gracefully, goes with its volume and swarm entry."""

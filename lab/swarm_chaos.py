@@ -135,6 +135,7 @@ def restart_nodes(engine: ContainerEngine, on_event: EventFn | None = None) -> l
     desk = _desk(engine)
     stopped = [c for c in nodes.node_containers(desk) if c.status in ("exited", "dead", "created")]
     for container in stopped:
+        nodes.forget_gone_networks(desk, container)
         engine.start(container)
     if not stopped:
         return []

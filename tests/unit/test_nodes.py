@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab import nodes
+from lab.engine import ContainerInfo, Endpoint
 from lab.errors import InvalidInput
 
 
@@ -51,3 +52,29 @@ def test_join_names_the_address_to_advertise_and_the_manager_port() -> None:
 
 def test_the_forwarder_points_a_node_port_at_the_registry() -> None:
     assert nodes.forward_command(5000, "lab-registry:5000") == ["lab-forward", "5000", "lab-registry:5000"]
+
+
+class NetworksOnly:
+    """An engine that knows which networks exist and records what is detached."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.detached: list[tuple[str, str]] = []
+
+    def network(self, name: str) -> object | None:
+        return name if name in self.existing else None
+
+    def detach(self, network: str, container: ContainerInfo) -> None:
+        self.detached.append((network, container.name))
+
+
+def test_a_stopped_node_is_taken_off_the_networks_removed_while_it_was_down() -> None:
+    # Another session's registry went while a chaos test had killed the node: start then failed.
+    node = ContainerInfo(
+        "id1", "n-1", {}, "exited", "lab/node", {"lab-swarm": Endpoint(), "reg-gone-net": Endpoint()}
+    )
+    engine = NetworksOnly({"lab-swarm"})
+    assert nodes.forget_gone_networks(engine, node) == ["reg-gone-net"]  # type: ignore[arg-type]
+    assert engine.detached == [("reg-gone-net", "n-1")]
+    engine = NetworksOnly({"lab-swarm", "reg-gone-net"})
+    assert nodes.forget_gone_networks(engine, node) == [] and engine.detached == []  # type: ignore[arg-type]
