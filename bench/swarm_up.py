@@ -174,7 +174,9 @@ def main() -> None:
             registry.down(engine, registry_name, purge=True)
         if manager.initialised:  # the last node's removal may have left it already
             left = swarm.view(engine).state != "active"
-            print("left the swarm the bench had initialised" if left else swarm.release_if_unused(engine).reason)
+            print(
+                "left the swarm the bench had initialised" if left else swarm.release_if_unused(engine).reason
+            )
 
 
 if __name__ == "__main__":
