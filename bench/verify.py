@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -29,7 +30,7 @@ from lab.docker_ops import Engine  # noqa: E402
 from lab.pytest_plugin import free_port  # noqa: E402
 from lab.spec import LabSpec  # noqa: E402
 
-NAME = "bench-verify"
+NAME = f"bench-verify-{os.getpid()}"  # the engine is shared: never another run's lab
 
 
 def wrk_rate(url: str, requests: int, concurrency: int, expected_rate: float) -> float:
