@@ -397,6 +397,8 @@ def verify(
         ui.print_json(result.as_json())
     else:
         ui.out.print(ui.verify_table(result))
+        if len(result.contents) > 1:
+            ui.out.print(ui.content_table(result))
         ui.out.print(ui.verify_summary(result))
         if report:
             ui.out.print(f"report: {report}")

@@ -49,6 +49,25 @@ class ReplicaResult:
         None  # the shares the test accepted, margin included (None: no per-replica band)
     )
     expected_high: float | None = None
+    contents: dict[str, int] = field(default_factory=dict)  # content version -> ok answers (see below)
+
+
+@dataclass(frozen=True)
+class ContentVersion:
+    """What a group of answers carried: the same page, whichever replica sent it.
+
+    `version` is the answers' X-Site-Version where that version had one content in the run, else
+    the version and the `digest` of the body with the replica's own name taken out
+    (lab.tally.content_digest), so replicas that serve the same pages share one, and one that got
+    a `lab cp` stands apart.
+    """
+
+    version: str
+    site_version: str  # the X-Site-Version header ("" when the answers had none)
+    digest: str  # CRC-32 of the body without the replica's name (8 hex digits)
+    count: int  # ok answers
+    share: float  # of all ok answers
+    replicas: dict[str, int]  # replica -> its answers with this content
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,7 @@ class VerifyResult:
     retried: int = 0  # idempotent GETs retried after a stale keep-alive connection closed
     notes: list[str] = field(default_factory=list)
     advice: str = ""  # inconclusive: what would make the test decisive
+    contents: list[ContentVersion] = field(default_factory=list)  # most answers first
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
