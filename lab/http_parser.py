@@ -209,8 +209,12 @@ class ResponseParser:
                 if state == _LENGTH:
                     if end_of_view - pos >= self._remaining:  # the usual case: the whole body is here
                         end = pos + self._remaining
-                        if self._keep:
-                            self._keep_content(view, pos, end)
+                        if self._keep:  # one copy, straight from what arrived
+                            head = self._head
+                            body = bytes(view[pos : min(end, pos + self._keep)])
+                            return _new_tuple(
+                                Response, (head.status, head.fields, head.keep_alive, self._length, body)
+                            ), end
                         return self._response(), end
                 elif state == _COMPLETE:
                     return self._response(), pos
