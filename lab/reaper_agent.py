@@ -13,7 +13,9 @@ Two modes, chosen by the environment (lab/reaper.py sets it):
   seconds (or none came within LAB_REAPER_FIRST seconds), reap.
 - deadline (LAB_REAPER_DEADLINE set): reap at that UNIX time (`lab up --ttl`); no network at all.
 Reaping removes every container, network and volume matching the label filters in LAB_REAP_LABELS
-(a JSON list, ANDed) except kept labs, then this container itself (LAB_REAPER_NAME).
+(a JSON list, ANDed) except kept labs, then leaves the swarm this session initialised if nothing uses
+it any more (the record lab/swarm.py puts on the swarm names the session), then removes this
+container itself (LAB_REAPER_NAME).
 """
 
 from __future__ import annotations
@@ -200,6 +202,75 @@ def _remove_network(engine: Engine, network_id: str, patience: float = 15.0) -> 
         time.sleep(0.2)
 
 
+# A swarm the session initialised --------------------------------------------------------------
+SWARM_INIT = "lab.swarm-init"  # lab/labels.py: "<when> <session>" on the swarm's spec
+SWARM_GWBRIDGE = "lab.swarm-gwbridge"
+NODE_DOWN_PATIENCE = 30.0
+
+
+def swarm_initialised_by(engine: Engine, session: str) -> dict[str, str] | None:
+    """The swarm's lab record if this engine manages a swarm `session` initialised, else None."""
+    info = engine.json("/info")
+    swarm = info.get("Swarm") if isinstance(info, dict) else None
+    if (
+        not isinstance(swarm, dict)
+        or swarm.get("LocalNodeState") != "active"
+        or not swarm.get("ControlAvailable")
+    ):
+        return None
+    spec = engine.json("/swarm")
+    found = ((spec.get("Spec") or {}).get("Labels") or {}) if isinstance(spec, dict) else {}
+    record = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    by = record.get(SWARM_INIT, "").rsplit(" ", 1)
+    return record if session and len(by) == 2 and by[1] == session else None
+
+
+def swarm_in_use(engine: Engine) -> str:
+    """What still uses the swarm; the same rules as lab/swarm.py, which this stdlib-only file cannot import."""
+    services = _list(engine.json("/services"))
+    if services:
+        return f"{len(services)} services"
+    info = engine.json("/info")
+    swarm = info.get("Swarm") if isinstance(info, dict) else None
+    own = swarm.get("NodeID") if isinstance(swarm, dict) else None
+    others = [n for n in _list(engine.json("/nodes")) if n.get("ID") != own and _node_state(n) != "down"]
+    if others:
+        return f"{len(others)} other engines"
+    overlays = [
+        n
+        for n in _list(
+            engine.json("/networks", {"filters": json.dumps({"driver": ["overlay"], "scope": ["swarm"]})})
+        )
+        if n.get("Name") != "ingress"
+    ]
+    return f"{len(overlays)} overlay networks" if overlays else ""
+
+
+def _node_state(node: dict[str, object]) -> object:
+    status = node.get("Status")
+    return status.get("State") if isinstance(status, dict) else None
+
+
+def release_swarm(engine: Engine, session: str) -> str:
+    """Leave the swarm `session` initialised once nothing uses it; say what was done (or why not)."""
+    record = swarm_initialised_by(engine, session)
+    if record is None:
+        return ""
+    in_use = swarm_in_use(engine)
+    patience = time.monotonic() + NODE_DOWN_PATIENCE
+    while in_use.endswith("other engines") and time.monotonic() < patience:
+        time.sleep(1)  # the session's nodes were just removed: the manager marks them down in seconds
+        in_use = swarm_in_use(engine)
+    if in_use:
+        return f"the swarm this session initialised stays: {in_use} still use it"
+    status, body = engine.call("POST", "/swarm/leave", {"force": "1"})
+    if status != 200:
+        return f"could not leave the swarm: HTTP {status} {body[:120]!r}"
+    if record.get(SWARM_GWBRIDGE) == "created":
+        _remove_network(engine, "docker_gwbridge")
+    return "left the swarm this session had initialised"
+
+
 # The loop -----------------------------------------------------------------------------------
 def say(text: str) -> None:
     print(f"lab-reaper: {text}", flush=True)
@@ -299,7 +370,15 @@ def main() -> int:
     keep: set[str] = set()
     serve(watch, listener, session, keep)
     counts = reap(engine, label_filters, keep, self_name)
-    say(f"removed {counts[0]} containers, {counts[1]} networks, {counts[2]} volumes; removing myself")
+    say(f"removed {counts[0]} containers, {counts[1]} networks, {counts[2]} volumes")
+    if port is not None:
+        try:
+            released = release_swarm(engine, session)
+        except (EngineError, ValueError) as exc:
+            released = f"could not check the swarm: {exc}"
+        if released:
+            say(released)
+    say("removing myself")
     engine.delete(f"/containers/{self_name}", {"force": "1", "v": "1"})  # ends this process
     return 0
 

@@ -148,6 +148,12 @@ class Released:
     reason: str  # why the swarm stays, or what was done
 
 
+def lab_initialised(engine: Engine) -> bool:
+    """Whether this engine manages a swarm the lab initialised (its record is on the swarm)."""
+    current = view(engine)
+    return current.state == "active" and current.manager and labels.SWARM_INIT in engine.swarm_labels()
+
+
 def release_if_unused(engine: Engine, *, lab_nodes_left: int = 0) -> Released:
     """Leave the swarm if the lab initialised it and nothing uses it any more; else say why it stays."""
     current = view(engine)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from lab import labels, nodes, registry, swarm
+from lab import labels, nodes, reaper, registry, swarm
 from lab.distribution import deliver
 from lab.docker_ops import ContainerRequest, Engine, ServiceRequest, TaskInfo
 from lab.errors import SwarmError
@@ -92,8 +92,17 @@ def desk(lab_engine: Engine) -> Iterator[Desk]:
 
 # Before any node: an engine outside swarm mode is refused without --init --------------------------
 def test_without_init_an_engine_outside_swarm_mode_is_refused(lab_engine: Engine) -> None:
+    # A swarm another test session of the lab initialised goes with that session's reaper: wait for it.
+    deadline = time.monotonic() + 90
+    while swarm.view(lab_engine).state != "inactive" and swarm.lab_initialised(lab_engine):
+        reaper.release_orphaned_swarm(lab_engine)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
     if swarm.view(lab_engine).state != "inactive":
-        pytest.skip("the engine is in swarm mode already (someone else's swarm): nothing to refuse")
+        pytest.skip(
+            f"the engine is in swarm mode already ({lab_engine.swarm_labels() or 'not the lab’s'}): nothing to refuse"
+        )
     result = run_lab("nodes", "add", "1")
     assert result.code == 1
     assert "this engine is not in swarm mode: add --init" in result.stderr

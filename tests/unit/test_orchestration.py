@@ -443,8 +443,10 @@ def balancer_on_loopback() -> Iterator[tuple[int, list[bool], list[int]]]:
     server.server_close()
 
 
-def _balancer(engine: FakeEngine, status: str) -> LoadBalancer:
-    container = engine.create_container(ContainerRequest(name="fake-lb", image="n", labels={}, network="x"))
+def _balancer(engine: FakeEngine, status: str, lb_labels: dict[str, str] | None = None) -> LoadBalancer:
+    container = engine.create_container(
+        ContainerRequest(name="fake-lb", image="n", labels=lb_labels or {}, network="x")
+    )
     engine.container("fake-lb").status = status
     return LoadBalancer(engine, container)
 
@@ -471,3 +473,22 @@ def test_a_load_balancer_that_stays_down_fails_with_its_log(
     with pytest.raises(NotReady, match="4 replica\\(s\\) never answered") as failure:
         lb.wait_serving(spec, spec.replica_names(), quiet, deadline=time.monotonic() + 30)
     assert failure.value.detail == "log of fake-lb"
+
+
+def test_a_config_nginx_refused_as_it_started_is_told_at_once_with_its_log() -> None:
+    engine = FakeEngine()
+    engine.config_ok = False  # nginx exits at start with [emerg]; its restart policy tries again
+    spec = LabSpec.create(name="fake", replicas=2, port=free_port())  # nothing listens there
+    lb = _balancer(engine, "restarting", labels.for_lab("fake", labels.ROLE_LB))
+    began = time.monotonic()
+    with pytest.raises(LabError, match="failed `nginx -t`") as failure:
+        lb.wait_serving(spec, spec.replica_names(), quiet, deadline=time.monotonic() + 30)
+    assert time.monotonic() - began < 5  # not the whole deadline
+    assert "[emerg]" in failure.value.detail
+
+
+def test_names_that_do_not_resolve_yet_are_waited_out_not_called_a_bad_config() -> None:
+    engine = FakeEngine()
+    lb = _balancer(engine, "restarting", labels.for_lab("fake", labels.ROLE_LB))
+    engine.logs = lambda *_, **__: 'nginx: [emerg] host not found in upstream "fake-web-1:80"'  # type: ignore[method-assign]
+    lb.raise_if_config_refused()  # Docker's DNS answering late is no error of the config

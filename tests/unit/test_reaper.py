@@ -7,9 +7,9 @@ import urllib.parse
 
 import pytest
 
-from lab import labels, reaper
+from lab import labels, reaper, reaper_agent
 from lab.errors import InvalidInput
-from lab.reaper_agent import Watch, parse_keep, parse_response, reap
+from lab.reaper_agent import Watch, parse_keep, parse_response, reap, release_swarm
 
 
 # When --------------------------------------------------------------------------------------
@@ -187,3 +187,89 @@ def test_the_image_is_named_by_its_content() -> None:
     tag = reaper.image_tag()
     assert tag.startswith("lab/reaper:") and len(tag.split(":")[1]) == 12
     assert tag == reaper.image_tag()
+
+
+# The swarm a session initialised -----------------------------------------------------------------
+class FakeSwarmEngine:
+    """A manager's answers: the swarm's record, its services, nodes and overlays; calls are recorded."""
+
+    def __init__(
+        self,
+        *,
+        record: dict[str, str],
+        services: list[dict] | None = None,
+        nodes: list[dict] | None = None,
+        overlays: list[dict] | None = None,
+        manager: bool = True,
+    ) -> None:
+        self.answers: dict[str, object] = {
+            "/info": {"Swarm": {"LocalNodeState": "active", "ControlAvailable": manager, "NodeID": "me"}},
+            "/swarm": {"Spec": {"Labels": record}},
+            "/services": services or [],
+            "/nodes": [{"ID": "me", "Status": {"State": "ready"}}, *(nodes or [])],
+            "/networks": [{"Name": "ingress"}, *(overlays or [])],
+        }
+        self.calls: list[str] = []
+
+    def json(self, path: str, query: dict[str, str] | None = None) -> object:
+        return self.answers[path]
+
+    def call(self, method: str, path: str, query: dict[str, str] | None = None) -> tuple[int, bytes]:
+        self.calls.append(f"{method} {path}")
+        return (200, b"")
+
+    def delete(self, path: str, query: dict[str, str] | None = None) -> tuple[int, bytes]:
+        self.calls.append(f"DELETE {path}")
+        return (204, b"")
+
+
+MINE = {labels.SWARM_INIT: "2026-11-28T23:23:07Z pytest.s1", labels.SWARM_GWBRIDGE: "created"}
+
+
+def test_the_swarm_a_gone_session_initialised_is_left_with_the_gwbridge_it_brought() -> None:
+    engine = FakeSwarmEngine(record=MINE, nodes=[{"ID": "n1", "Status": {"State": "down"}}])
+    assert release_swarm(engine, "pytest.s1") == "left the swarm this session had initialised"  # type: ignore[arg-type]
+    assert engine.calls == ["POST /swarm/leave", "DELETE /networks/docker_gwbridge"]
+
+
+@pytest.mark.parametrize(
+    ("record", "session", "manager"),
+    [
+        ({}, "pytest.s1", True),  # not initialised by the lab
+        ({labels.SWARM_INIT: "2026-11-28T23:23:07Z pytest.s2"}, "pytest.s1", True),  # another session's
+        ({labels.SWARM_INIT: "2026-11-28T23:23:07Z pytest.s1x"}, "pytest.s1", True),  # a longer name
+        (MINE, "", True),  # a reaper with no session
+        (MINE, "pytest.s1", False),  # a worker cannot leave for the swarm
+    ],
+)
+def test_a_swarm_someone_else_initialised_is_never_touched(
+    record: dict[str, str], session: str, manager: bool
+) -> None:
+    engine = FakeSwarmEngine(record=record, manager=manager)
+    assert release_swarm(engine, session) == ""  # type: ignore[arg-type]
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize(
+    ("what", "said"),
+    [
+        ({"services": [{"ID": "s"}]}, "1 services"),
+        ({"overlays": [{"Name": "other-overlay"}]}, "1 overlay networks"),
+    ],
+)
+def test_a_swarm_still_in_use_stays(what: dict, said: str) -> None:
+    engine = FakeSwarmEngine(record=MINE, **what)
+    assert (
+        release_swarm(engine, "pytest.s1") == f"the swarm this session initialised stays: {said} still use it"
+    )  # type: ignore[arg-type]
+    assert engine.calls == []
+
+
+def test_a_node_still_ready_is_waited_for_then_the_swarm_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(reaper_agent.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(reaper_agent.time, "sleep", lambda _s: None)
+    engine = FakeSwarmEngine(record=MINE, nodes=[{"ID": "n1", "Status": {"State": "ready"}}])
+    said = release_swarm(engine, "pytest.s1")  # type: ignore[arg-type]
+    assert said == "the swarm this session initialised stays: 1 other engines still use it"
+    assert engine.calls == []
