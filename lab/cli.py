@@ -91,6 +91,11 @@ balance_options = _options(
 )  # fmt: skip
 
 
+registry_option = click.option(
+    "--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True, help="Name of the registry."
+)
+
+
 def _balance(**values: object) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -109,15 +114,30 @@ def cli() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took.")
+@click.option(
+    "--mount-site", is_flag=True, help="Bind-mount the site folder read-only (edits are served at once)."
+)
+@click.option(
+    "--from-registry", is_flag=True, help="Pull the site image from the lab's registry, no local build."
+)
+@click.option(
+    "--tag", default=None, help="With --from-registry: the tag to pull (default: the site's version)."
+)
+@registry_option
 def up(
     name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, timings: bool,
-    **balance: object,
+    mount_site: bool, from_registry: bool, tag: str | None, registry_name: str, **balance: object,
 ) -> None:  # fmt: skip
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
-        name=name, replicas=replicas, port=port, bind=bind, site=site, **_balance(**balance)
-    )
+        name=name, replicas=replicas, port=port, bind=bind, site=site, mount_site=mount_site,
+        **_balance(**balance),
+    )  # fmt: skip
     seconds = parse_ttl(ttl) if ttl is not None else None
+    if tag is not None and not from_registry:
+        raise InvalidInput("--tag is for --from-registry (the tag to pull)")
+    if tag is not None:
+        parse_version_tag(tag)
     from lab.progress import Timings
     from lab.progress import quiet as no_progress
 
@@ -131,9 +151,19 @@ def up(
         if not shown:
             threading.Thread(target=_preload, args=("lab.ui", "jinja2"), daemon=True).start()
         from lab import orchestrator
+    source = None
+    if from_registry:
+        from lab import registry as registries
+
+        repository = registries.serving_repository(
+            engine, registry_name, doing="try again", nothing="nothing was started"
+        )
+        source = orchestrator.FromRegistry(repository, tag)
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(_ui().progress_bar(f"lab up {spec.name}")) if shown else no_progress
-        lab_status = orchestrator.up(engine, spec, progress, ttl=seconds, timings=record)
+        lab_status = orchestrator.up(
+            engine, spec, progress, ttl=seconds, timings=record, from_registry=source
+        )
     ui = _ui()
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
@@ -253,12 +283,17 @@ def scale(name: str, replicas: str) -> None:
 )
 @click.option("--batch", default="1", show_default=True, help="Replicas replaced at a time.")
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
-def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
+@click.option(
+    "--image", default=None, help="Roll out this existing image instead (a snapshot's TAG, or name:tag)."
+)
+def deploy(name: str, site: str | None, batch: str, tag: str | None, image: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
     if tag is not None:
         parse_version_tag(tag)  # bad input is refused before any engine is asked
     if site is not None:
         parse_site(site)
+    if image is not None and (site is not None or tag is not None):
+        raise InvalidInput("--image rolls out an existing image: give it without --site and --tag")
     from lab import orchestrator, ui
 
     with ui.progress_bar(f"deploy to {name}") as progress:
@@ -268,6 +303,7 @@ def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
             site=site,
             batch=batch,
             tag=tag,
+            image=image,
             on_event=lambda step: progress(step, None),
         )
     ui.out.print(f"lab {name} serves version {version} on every replica")
@@ -281,6 +317,41 @@ def reload(name: str) -> None:
 
     live.reload(_connect(), name)
     ui.out.print(f"lab {name}: nginx reloaded")
+
+
+# lab cp, lab snapshot: the Docker workflow on a running lab -------------------------------------
+@cli.command()
+@click.argument("src")
+@name_option
+@click.option("--replica", default=None, help="The replica to copy into, by name or number.")
+@click.option("--all", "everyone", is_flag=True, help="Copy into every replica.")
+@click.option("--dest", default=None, help="Path inside the replicas (default: the document root).")
+def cp(src: str, name: str, replica: str | None, everyone: bool, dest: str | None) -> None:
+    """Copy a file or folder into running replicas (like `docker container cp`)."""
+    from lab import workflow
+
+    workflow.pick_replicas(replica, everyone)  # bad input touches nothing
+    workflow.parse_source(src)
+    copied = workflow.copy(
+        _connect(), name, src, replica=replica, everyone=everyone, dest=dest or workflow.DOCROOT
+    )
+    _ui().out.print(f"copied {copied.source} to {copied.path} in {', '.join(copied.replicas)}")
+
+
+@cli.command()
+@click.argument("replica")
+@name_option
+@click.option("--tag", required=True, help="Version name of the new image (lab/site:TAG).")
+def snapshot(replica: str, name: str, tag: str) -> None:
+    """Commit a replica, with what was copied into it, into a new site image (`docker commit`)."""
+    from lab import workflow
+
+    parse_version_tag(tag)  # bad input touches nothing
+    made = workflow.snapshot(_connect(), name, replica, tag)
+    _ui().out.print(
+        f"{made.image} ({made.image_id[:19]}) from {made.replica}; roll it out with "
+        f"`lab deploy --name {name} --image {tag}`"
+    )
 
 
 @cli.group()
@@ -608,9 +679,6 @@ def images(pull: bool) -> None:
 
 
 # lab registry, lab push, lab nodes: the desk-wide registry and swarm nodes ---------------------------
-registry_option = click.option(
-    "--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True, help="Name of the registry."
-)
 
 
 @cli.group(name="registry")

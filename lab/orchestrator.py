@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import labels
+from lab import labels, workflow
 from lab import reaper as reapers
 from lab.engine import ACTIVE_ENDPOINTS, ContainerEngine, NetworkInfo
 from lab.errors import InvalidInput, LabError
@@ -35,6 +35,27 @@ STUCK = "the engine still counts an endpoint on it; restart the Docker engine to
 
 
 # Up -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FromRegistry:
+    """Where `up --from-registry` pulls the site image: a repository in the lab's registry
+    (127.0.0.1:PORT/lab/site) and a tag (None: the site version of the spec's folder)."""
+
+    repository: str
+    tag: str | None = None
+
+
+def pull_site_image(
+    engine: ContainerEngine, source: FromRegistry, default_tag: str, progress: ProgressFn
+) -> SiteImage:
+    """Pull the site image from the registry (every chunk checked: a RegistryError with the
+    registry's message when it fails); its version is its label, else the tag."""
+    tag = source.tag or default_tag
+    ref = f"{source.repository}:{tag}"
+    progress(f"pulling {ref}", None)
+    engine.pull_image(source.repository, tag, on_progress=progress)
+    return SiteImage(ref, engine.image_labels(ref).get(labels.SITE_VERSION) or tag)
+
+
 def up(
     engine: ContainerEngine,
     spec: LabSpec,
@@ -43,11 +64,14 @@ def up(
     timeout: float = 60.0,
     ttl: int | None = None,
     timings: Timings | None = None,
+    from_registry: FromRegistry | None = None,
 ) -> LabStatus:
     """Build and start the lab; return once every replica has answered through the load balancer.
 
     With `ttl` (seconds), a reaper removes the lab that long after it came up. On any failure,
     and on Ctrl-C, everything this call created is removed again. `timings` records each phase.
+    With `from_registry` the replicas run the image pulled from there, not a local build; a
+    failed pull stops `up` before anything is created.
     """
     phase = (timings or Timings()).phase
     with phase("checks"):
@@ -58,7 +82,11 @@ def up(
             reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
     with phase("image check"):
         base = ensure_base_images(engine, progress=progress)
-        image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
+        if from_registry is not None:
+            default_tag = "" if from_registry.tag else site_version(spec.site, engine.image_id(base.httpd))
+            image = pull_site_image(engine, from_registry, default_tag, progress)
+        else:
+            image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
     expires_at = None
     with rollback_on_failure(engine, spec.name):
         backend_ready, all_started, abandoned = threading.Event(), threading.Event(), threading.Event()
@@ -123,6 +151,7 @@ def up(
         networks=tuple(sorted([backend.network, frontend, *(n.name for n in stuck)])),
         stuck_networks=stuck,
         expires_at=expires_at,
+        site_mount=str(spec.site) if spec.mount_site else "",
     )
 
 
@@ -239,6 +268,7 @@ def deploy(
     site: Path | str | None = None,
     batch: object = 1,
     tag: str | None = None,
+    image: str | None = None,
     on_event: EventFn | None = None,
 ) -> str:
     """Rolling update: replace `batch` replicas at a time with the new site version, each new one
@@ -247,7 +277,13 @@ def deploy(
 
     If a new replica does not become healthy, the replicas already replaced go back to the
     previous version and DeployFailed says so. Returns the new version.
+
+    With `image` (a snapshot's tag, or any local image reference) that image is rolled out as it
+    is, no site is built; its version is its `lab.site-version` label, else its tag.
     """
+    if image is not None and (site is not None or tag is not None):
+        raise InvalidInput("--image rolls out an existing image: give it without --site and --tag")
+    ref = workflow.image_ref(image) if image is not None else None
     site_dir = parse_site(site) if site is not None else None
     version_name = parse_version_tag(tag) if tag is not None else None
     lab = find_running(engine, name)
@@ -256,6 +292,17 @@ def deploy(
         raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
     size = parse_int_in_range(batch, "batch (replicas replaced at a time)", 1, len(serving))
     spec = lab.spec.with_changes(site=site_dir or lab.spec.site)
+    if ref is not None:
+        if not engine.image_exists(ref):
+            raise InvalidInput(f"there is no image {ref} on this engine (`lab snapshot` makes one)")
+        found = engine.image_labels(ref).get(labels.SITE_VERSION) or ref.rpartition(":")[2]
+        new_image = SiteImage(ref, found)
+        _announce(
+            on_event, f"rolling out {ref} (version {found}) to {len(serving)} replicas, {size} at a time"
+        )
+        lab.backend.roll_out(lab.spec, spec, lab.lb, new_image, size, on_event)
+        _announce(on_event, f"deployed version {found} to {len(serving)} replicas")
+        return found
     previous = lab.backend.current_image()
     base = ensure_base_images(engine)
     if version_name is None:
@@ -386,6 +433,7 @@ def status(engine: ContainerEngine, name: str, *, known: dict[str, str] | None =
         networks=networks,
         stuck_networks=stuck,
         expires_at=reapers.expires_at(reaper.labels) if reaper else None,
+        site_mount=str(spec.site) if spec and spec.mount_site else "",
     )
 
 

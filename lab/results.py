@@ -157,6 +157,9 @@ class LabStatus:
     networks: tuple[str, ...]  # every network labelled for the lab
     stuck_networks: tuple[Leftover, ...] = ()  # those nothing of the lab is on, and why they stay
     expires_at: float | None = None  # UNIX time a `--ttl` lab removes itself
+    site_mount: str = (
+        ""  # the host folder every replica serves, read-only (`up --mount-site`); "" if built in
+    )
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -51,6 +51,7 @@ class LabSpec:
     backup: int | None = None  # the replica slot (from 1) used only when all others are down
     max_fails: int = 1
     fail_timeout: int = 10  # seconds
+    mount_site: bool = False  # the site folder is bind-mounted read-only into each replica (development)
 
     @classmethod
     def create(
@@ -68,6 +69,7 @@ class LabSpec:
         backup: object = None,
         max_fails: object = 1,
         fail_timeout: object = 10,
+        mount_site: object = False,
         check_site: bool = True,
     ) -> LabSpec:
         """Validate raw values (from a command line or a test) into a spec, or raise InvalidInput."""
@@ -86,6 +88,7 @@ class LabSpec:
             backup=parse_backup(backup, n, method),
             max_fails=parse_int_in_range(max_fails, "max-fails", 0, 100),
             fail_timeout=parse_int_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
+            mount_site=bool(mount_site) and (not check_site or check_mountable(Path(str(site)))),
         )
 
     def with_changes(self, **changes: object) -> LabSpec:
@@ -106,6 +109,7 @@ class LabSpec:
             "backup": self.backup,
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
+            "mount_site": self.mount_site,
         }
         values.update(changes)
         return LabSpec.create(**values, check_site=False)
@@ -139,6 +143,7 @@ class LabSpec:
             "backup": self.backup,
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
+            "mount_site": self.mount_site,
         }
 
     @classmethod
@@ -305,6 +310,20 @@ def parse_site(value: object) -> Path:
     if not (path / "index.html").is_file():
         raise InvalidInput(f"site directory {str(path)!r} has no index.html")
     return path.resolve()
+
+
+def check_mountable(site: Path) -> bool:
+    """A folder replicas can serve read-only from a bind mount: httpd there runs as an unprivileged
+    user, so the folder must be open to everyone (pytest's tmp folders, mode 700, are not)."""
+    path = site.expanduser().resolve()
+    for item in (path, path / "index.html"):
+        needed = 0o005 if item.is_dir() else 0o004
+        if item.stat().st_mode & needed != needed:
+            raise InvalidInput(
+                f"--mount-site: {item} is not readable by everyone, and the replicas' httpd runs "
+                f"unprivileged; `chmod o+rX` it"
+            )
+    return True
 
 
 def parse_algorithm(value: object) -> str:

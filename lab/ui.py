@@ -92,8 +92,11 @@ def status_table(lab: LabStatus) -> Table:
             m.image,
             m.site_version or "-",
         )
-    if lab.stuck_networks:
-        table.caption = "\n".join(f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks)
+    notes = [f"[red]stuck network[/] {n.name}: {n.reason}" for n in lab.stuck_networks]
+    if lab.site_mount:
+        notes.append(f"[yellow]site mounted[/] read-only from {escape(lab.site_mount)} (development mode)")
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
     return table
 

@@ -10,6 +10,9 @@ swap-and-reload, the worker listings) and nothing else. Knobs make things fail (
 
 from __future__ import annotations
 
+import io
+import posixpath
+import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +27,7 @@ from lab.engine import (
     Endpoint,
     Filters,
     NetworkInfo,
+    PathStat,
 )
 from lab.errors import LabError, NameInUse
 from lab.progress import ProgressFn
@@ -39,6 +43,7 @@ class FakeContainer:
     networks: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
+    request: ContainerRequest | None = None
     restart_count: int = 0
     workers: int = 1  # nginx: the generation of its workers (a reload starts the next)
 
@@ -92,6 +97,19 @@ class FakeEngine:
         self.started: set[str] = set()
         self.log_waits_timed_out = 0
         self.events: list[str] = []  # "remove container X", "remove network Y", ..., in order
+        self.directories = {
+            "/",
+            "/usr",
+            "/usr/local",
+            "/usr/local/apache2",
+            "/usr/local/apache2/htdocs",
+            "/tmp",
+        }
+        self.uploads: list[tuple[str, str, list[str]]] = []  # (container, directory, member names)
+        self.commits: list[dict[str, object]] = []
+        self.labels_of: dict[str, dict[str, str]] = {}  # image -> its labels
+        self.registry: dict[str, dict[str, str]] = {}  # repository:tag a registry serves -> its labels
+        self.pulled: list[str] = []
         self._ids = 0
 
     # Finding things ------------------------------------------------------------------------------
@@ -148,7 +166,7 @@ class FakeEngine:
             self._ids += 1
             networks = [] if req.network_disabled or not req.network else [req.network]
             container = FakeContainer(f"id-{self._ids}", req.name, dict(req.labels), req.image,
-                                      networks=networks, command=req.command)  # fmt: skip
+                                      networks=networks, command=req.command, request=req)  # fmt: skip
             self.by_name[req.name] = container
             return container.info()
 
@@ -199,6 +217,43 @@ class FakeEngine:
 
     def put_files(self, container: ContainerInfo, files: Mapping[str, str]) -> None:
         self._get(container).files.update(files)
+
+    def stat_path(self, container: ContainerInfo, path: str) -> PathStat | None:
+        found = self._get(container)
+        if path in self.directories:
+            return PathStat(posixpath.basename(path) or "/", 4096, True)
+        if path in found.files:
+            return PathStat(posixpath.basename(path), len(found.files[path]), False)
+        return None
+
+    def put_archive(self, container: ContainerInfo, directory: str, data: bytes) -> None:
+        found = self._get(container)
+        if directory not in self.directories:
+            raise LabError(f"{directory} does not exist in {container.name}")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            for member in members:
+                extracted = tar.extractfile(member) if member.isfile() else None
+                if extracted is not None:
+                    found.files[posixpath.join(directory, member.name)] = extracted.read().decode()
+        self.uploads.append((found.name, directory, [m.name for m in members]))
+
+    def commit(
+        self,
+        container: ContainerInfo,
+        repository: str,
+        tag: str,
+        *,
+        labels: Mapping[str, str],
+        changes: list[str],
+        message: str,
+    ) -> str:
+        found = self._get(container)
+        ref = f"{repository}:{tag}"
+        self.images.add(ref)
+        self.labels_of[ref] = dict(labels)
+        self.commits.append({"container": found.name, "ref": ref, "labels": dict(labels), "changes": changes})
+        return f"sha256:{ref}"
 
     def read_file(self, container: ContainerInfo, path: str) -> str:
         files = self._get(container).files
@@ -315,7 +370,7 @@ class FakeEngine:
         return {HTTPD.tag, NGINX.tag, *self.images}
 
     def image_labels(self, ref: str) -> dict[str, str]:
-        return {}
+        return dict(self.labels_of.get(ref, {}))
 
     def build_image(self, context: Path, tag: str, **_: object) -> str:
         self.built.append(tag)
@@ -326,7 +381,19 @@ class FakeEngine:
         self.images.add(f"{repository}:{tag}")
 
     def pull_image(self, repository: str, tag: str, on_progress: ProgressFn | None = None) -> str:
-        raise LabError("the Docker engine refused: no registry (fake)")
+        ref = f"{repository}:{tag}"
+        if ref not in self.registry:
+            raise LabError(f"pull of {ref} failed: manifest for {ref} not found: manifest unknown")
+        self.pulled.append(ref)
+        self.images.add(ref)
+        self.labels_of[ref] = dict(self.registry[ref])
+        return "sha256:feed"
+
+    def remove_image(self, ref: str) -> bool:
+        if ref not in self.images:
+            return False
+        self.images.discard(ref)
+        return True
 
     # For the tests -----------------------------------------------------------------------------------
     def container(self, name: str) -> FakeContainer:
