@@ -332,6 +332,8 @@ def cp(src: str, name: str, replica: str | None, everyone: bool, dest: str | Non
 
     workflow.pick_replicas(replica, everyone)  # bad input touches nothing
     workflow.parse_source(src)
+    if dest is not None:
+        workflow.parse_dest(dest)
     copied = workflow.copy(
         _connect(), name, src, replica=replica, everyone=everyone, dest=dest or workflow.DOCROOT
     )
@@ -582,13 +584,14 @@ def compose(
 @click.option(
     "--tag", default=None, help="deploy: version name for the new site image (default: a content hash)."
 )
+@click.option("--image", default=None, help="deploy: roll out this existing image (a snapshot's tag).")
 @click.option("--times", default=None, help="reload: how many reloads (default 3).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here.")
 def experiment(
     kind: str, name: str, rate: str, duration: str, steps: str | None, batch: str | None, site: str | None,
-    how: str | None, replica: str | None, restore: str | None, tag: str | None, times: str | None, as_json: bool,
-    report: str | None,
+    how: str | None, replica: str | None, restore: str | None, tag: str | None, image: str | None,
+    times: str | None, as_json: bool, report: str | None,
 ) -> None:  # fmt: skip
     """Steady load through the load balancer while scale, deploy, failover, reload or kill-lb runs; every request counted.
 
@@ -598,7 +601,7 @@ def experiment(
     from lab.experiment.plan import ExperimentPlan
 
     options = {"steps": steps, "batch": batch, "site": site, "how": how, "replica": replica,
-               "restore": restore, "tag": tag, "times": times}  # fmt: skip
+               "restore": restore, "tag": tag, "image": image, "times": times}  # fmt: skip
     # Validated before any Docker call: bad input touches nothing.
     ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
     from lab import report as reports
