@@ -98,8 +98,12 @@ def place(source: Path, dest: str, *, dest_is_dir: bool | None) -> Placement:
 
 
 def snapshot_labels(lab: str, replica: ContainerInfo, tag: str, now: float) -> dict[str, str]:
-    """What a snapshot says about where it came from (and the version it serves)."""
-    return {
+    """What a snapshot says about where it came from (and the version it serves).
+
+    The engine merges the container's own labels into the image's; the replica's (its lab, session,
+    number...) are blanked, so a container made from the snapshot never passes for that replica."""
+    inherited = {key: "" for key in replica.labels if key.startswith(labels.PREFIX)}
+    return inherited | {
         labels.ROLE: labels.ROLE_SITE_IMAGE,
         labels.SITE_VERSION: tag,
         SNAPSHOT_OF_LAB: lab,

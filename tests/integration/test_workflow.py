@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import orchestrator, registry
+from lab import labels, orchestrator, registry
 from lab.docker_ops import Engine
 from lab.experiment.run import run_experiment
 from lab.pytest_plugin import LabHandle, free_port
@@ -114,6 +114,7 @@ def test_a_snapshot_carries_the_cp_change_and_deploy_image_rolls_it_out_without_
         found = lab_engine.image_labels(ref)
         assert found[SNAPSHOT_OF_LAB] == lab.name and found[SNAPSHOT_OF_REPLICA] == f"{lab.name}-web-1"
         assert found[SNAPSHOT_BASE].startswith("lab/site:") and found[SNAPSHOT_TIME].endswith("Z")
+        assert found[labels.NAME] == "" and found[labels.SITE_VERSION] == tag  # the replica's own are blanked
         result = run_experiment(
             lab_engine, lab.name, "deploy", rate=RATE, duration=20, options={"image": tag, "batch": 1}
         )
@@ -121,7 +122,11 @@ def test_a_snapshot_carries_the_cp_change_and_deploy_image_rolls_it_out_without_
               f"retried {result.retried}")  # fmt: skip
         assert_paced(result)
         assert result.failed == 0 and result.verdict == "zero-loss", result.reason
-        assert result.passed, [c.detail for c in result.checks]
+        assert result.passed, (
+            [c.detail for c in result.checks],
+            result.operation_error,
+            [e.text for e in result.events],
+        )
         # Every replica is new, runs the snapshot, and serves the copied page with the new version.
         running = orchestrator.find_running(lab_engine, lab.name).replicas
         assert len(running) == 3 and not set(running) & set(lab.replicas)

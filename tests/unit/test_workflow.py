@@ -78,8 +78,11 @@ def test_exactly_one_of_replica_and_all(replica: str | None, everyone: bool) -> 
 def test_snapshot_labels_say_where_it_came_from() -> None:
     from lab.engine import ContainerInfo
 
-    replica = ContainerInfo("id", "fake-web-2", {}, "running", "lab/site:abc", {})
+    replica = ContainerInfo("id", "fake-web-2", labels.for_lab("fake", labels.ROLE_WEB, replica="2"), "running",
+                            "lab/site:abc", {})  # fmt: skip
     found = workflow.snapshot_labels("fake", replica, "v2", 0.0)
+    assert found[labels.NAME] == found[labels.REPLICA] == found[labels.SESSION] == ""  # not the replica's
+    assert found[labels.ROLE] == labels.ROLE_SITE_IMAGE
     assert found[workflow.SNAPSHOT_OF_LAB] == "fake" and found[workflow.SNAPSHOT_OF_REPLICA] == "fake-web-2"
     assert (
         found[workflow.SNAPSHOT_BASE] == "lab/site:abc"
