@@ -87,6 +87,7 @@ class FakeEngine:
         self.hang_logs = False  # wait_for_log blocks until the container is killed
         self.unremovable: set[str] = set()  # container names the engine refuses to remove
         self.config_ok = True  # what `nginx -t` says
+        self.unresolved_tests = 0  # how many `nginx -t` runs meet a name Docker's DNS does not answer yet
         self.images: set[str] = set()  # images that exist (besides those `image_exists_always` covers)
         self.image_exists_always = True
         self.built: list[str] = []
@@ -273,6 +274,12 @@ class FakeEngine:
                 found.files.pop(path, None)
             return 0, ""
         if "nginx -t" in text:
+            if self.unresolved_tests:
+                self.unresolved_tests -= 1
+                return (
+                    1,
+                    'nginx: [emerg] host not found in upstream "x-web-1:80" in /etc/nginx/nginx.conf.next:40',
+                )
             if not self.config_ok:
                 return 1, "nginx: [emerg] invalid config (fake)"
             # As the shell does: the script's status is its last command's (grep finding nothing: 1).
