@@ -44,6 +44,7 @@ from lab.spec import (  # noqa: E402
 
 if TYPE_CHECKING:
     from lab.docker_ops import Engine
+    from lab.orchestrator import FromRegistry
     from lab.results import LabStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,9 +92,14 @@ balance_options = _options(
 )  # fmt: skip
 
 
-registry_option = click.option(
-    "--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True, help="Name of the registry."
-)
+# Where `up` takes the site from, besides the default (copied into an image built here).
+site_source_options = _options(
+    click.option("--mount-site", is_flag=True, help="Bind-mount the site folder read-only (edits are served at once)."),
+    click.option("--from-registry", is_flag=True, help="Pull the site image from the lab's registry, no local build."),
+    click.option("--tag", default=None, help="With --from-registry: the tag to pull (default: the site's version)."),
+    click.option("--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True,
+                 help="With --from-registry: the registry's name."),
+)  # fmt: skip
 
 
 def _balance(**values: object) -> dict[str, Any]:
@@ -114,16 +120,7 @@ def cli() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took.")
-@click.option(
-    "--mount-site", is_flag=True, help="Bind-mount the site folder read-only (edits are served at once)."
-)
-@click.option(
-    "--from-registry", is_flag=True, help="Pull the site image from the lab's registry, no local build."
-)
-@click.option(
-    "--tag", default=None, help="With --from-registry: the tag to pull (default: the site's version)."
-)
-@registry_option
+@site_source_options
 def up(
     name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, quiet: bool, timings: bool,
     mount_site: bool, from_registry: bool, tag: str | None, registry_name: str, **balance: object,
@@ -134,10 +131,7 @@ def up(
         **_balance(**balance),
     )  # fmt: skip
     seconds = parse_ttl(ttl) if ttl is not None else None
-    if tag is not None and not from_registry:
-        raise InvalidInput("--tag is for --from-registry (the tag to pull)")
-    if tag is not None:
-        parse_version_tag(tag)
+    _check_site_source(from_registry, tag)
     from lab.progress import Timings
     from lab.progress import quiet as no_progress
 
@@ -151,14 +145,7 @@ def up(
         if not shown:
             threading.Thread(target=_preload, args=("lab.ui", "jinja2"), daemon=True).start()
         from lab import orchestrator
-    source = None
-    if from_registry:
-        from lab import registry as registries
-
-        repository = registries.serving_repository(
-            engine, registry_name, doing="try again", nothing="nothing was started"
-        )
-        source = orchestrator.FromRegistry(repository, tag)
+    source = _registry_source(engine, registry_name, tag) if from_registry else None
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(_ui().progress_bar(f"lab up {spec.name}")) if shown else no_progress
         lab_status = orchestrator.up(
@@ -172,6 +159,22 @@ def up(
     _print_expiry(lab_status)
     if timings:
         ui.out.print(ui.timings_table(record.phases, time.perf_counter() - _STARTED))
+
+
+def _check_site_source(from_registry: bool, tag: str | None) -> None:
+    if tag is not None and not from_registry:
+        raise InvalidInput("--tag is for --from-registry (the tag to pull)")
+    if tag is not None:
+        parse_version_tag(tag)
+
+
+def _registry_source(engine: Engine, registry_name: str, tag: str | None) -> FromRegistry:
+    """Where `up --from-registry` pulls from: refused at once when the registry is not serving."""
+    from lab import orchestrator
+    from lab import registry as registries
+
+    repository = registries.serving_repository(engine, registry_name, nothing="nothing was started")
+    return orchestrator.FromRegistry(repository, tag)
 
 
 def _preload(*modules: str) -> None:
@@ -682,6 +685,9 @@ def images(pull: bool) -> None:
 
 
 # lab registry, lab push, lab nodes: the desk-wide registry and swarm nodes ---------------------------
+registry_option = click.option(
+    "--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True, help="Name of the registry."
+)
 
 
 @cli.group(name="registry")
