@@ -185,10 +185,14 @@ def copy(
         if found is None and engine.stat_path(container, placement.directory) is None:
             raise InvalidInput(f"{placement.directory} does not exist in {container.name}")
         placements.append((container, placement))
-    data = archive(path, placements[0][1].name)
+    archives: dict[str, bytes] = {}  # by the name the source takes (the same on every replica, usually)
     for container, placement in placements:
+        data = archives.get(placement.name) or archives.setdefault(
+            placement.name, archive(path, placement.name)
+        )
         engine.put_archive(container, placement.directory, data)
-    return Copied(str(path), placements[0][1].path, tuple(c.name for c in chosen), len(data))
+    first = placements[0][1]
+    return Copied(str(path), first.path, tuple(c.name for c in chosen), len(archives[first.name]))
 
 
 @dataclass(frozen=True)

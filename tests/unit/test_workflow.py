@@ -223,3 +223,16 @@ def test_up_from_registry_without_the_image_fails_with_the_registry_message_and_
             engine, spec, from_registry=orchestrator.FromRegistry("127.0.0.1:5999/lab/site", "v9")
         )
     assert not engine.containers(labels.lab_filter("fake")) and not engine.networks(labels.lab_filter("fake"))
+
+
+@pytest.mark.usefixtures("served_at_once")
+def test_a_folder_copied_onto_a_directory_lands_inside_it(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    _up(engine, replicas=2)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.html").write_text("a")
+    copied = workflow.copy(engine, "fake", folder, everyone=True)
+    assert copied.path == f"{DOCROOT}/docs"
+    assert all(engine.container(n).files[f"{DOCROOT}/docs/a.html"] == "a" for n in copied.replicas)
+    assert [u[1] for u in engine.uploads] == [DOCROOT, DOCROOT]
