@@ -337,3 +337,24 @@ def test_the_terminal_shows_contents_by_replica_and_by_version() -> None:
     assert "v1+bbbbbbbb  " in text and "lab-web-2 (998), lab-web-3 (1,003)" in text
     one = replace(base, contents=split[:1])
     assert "every answer carried the same content (v1+bbbbbbbb)" in ui.verify_summary(one)
+
+
+def test_the_json_carries_contents_and_each_replica_its_own() -> None:
+    import json
+
+    base = balanced_three()
+    split = [
+        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
+    ]
+    replicas = {
+        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
+        for name, r in base.replicas.items()
+    }
+    data = json.loads(json.dumps(replace(base, contents=split, replicas=replicas).as_json()))
+    assert [(c["version"], c["count"], c["replicas"]) for c in data["contents"]] == [
+        ("v1+bbbbbbbb", 2001, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ("v1+aaaaaaaa", 999, {"lab-web-1": 999}),
+    ]
+    assert data["replicas"]["lab-web-1"]["contents"] == {"v1+aaaaaaaa": 999}
+    assert sum(c["count"] for c in data["contents"]) == sum(r["count"] for r in data["replicas"].values())
