@@ -218,6 +218,9 @@ def snapshot(
         raise InvalidInput(
             f"lab {lab!r} serves its site from a host folder (--mount-site): a snapshot would not hold it"
         )
+    ref = f"{SITE_REPOSITORY}:{version}"
+    if engine.image_exists(ref):  # site images are named by content: moving a tag would lie about one
+        raise InvalidInput(f"image {ref} exists already; choose another --tag")
     found = snapshot_labels(lab, container, version, time.time() if now is None else now)
     image_id = engine.commit(
         container,
@@ -227,4 +230,4 @@ def snapshot(
         changes=[f"ENV LAB_SITE_VERSION={version}"],
         message=f"lab snapshot of {container.name} (lab {lab})",
     )
-    return Snapshot(f"{SITE_REPOSITORY}:{version}", image_id, container.name, found)
+    return Snapshot(ref, image_id, container.name, found)

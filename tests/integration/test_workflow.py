@@ -111,6 +111,8 @@ def test_a_snapshot_carries_the_cp_change_and_deploy_image_rolls_it_out_without_
         made = run_lab("snapshot", "1", "--name", lab.name, "--tag", tag)
         assert made.code == 0, made.stderr
         ref = f"lab/site:{tag}"
+        again = run_lab("snapshot", "2", "--name", lab.name, "--tag", tag)
+        assert again.code == 2 and "exists already" in again.stderr  # a tag is never moved
         found = lab_engine.image_labels(ref)
         assert found[SNAPSHOT_OF_LAB] == lab.name and found[SNAPSHOT_OF_REPLICA] == f"{lab.name}-web-1"
         assert found[SNAPSHOT_BASE].startswith("lab/site:") and found[SNAPSHOT_TIME].endswith("Z")

@@ -135,7 +135,11 @@ def test_cp_checks_everything_before_the_first_upload(tmp_path: Path) -> None:
 def test_snapshot_commits_the_replica_with_its_origin_and_deploy_image_rolls_it_out(tmp_path: Path) -> None:
     engine = FakeEngine()
     _up(engine, replicas=3)
+    engine.image_exists_always = False
     made = workflow.snapshot(engine, "fake", "fake-web-1", "v2", now=0.0)
+    with pytest.raises(InvalidInput, match="lab/site:v2 exists already"):
+        workflow.snapshot(engine, "fake", "fake-web-2", "v2")
+    assert len(engine.commits) == 1
     assert made.image == "lab/site:v2" and engine.commits[0]["container"] == "fake-web-1"
     assert engine.commits[0]["changes"] == ["ENV LAB_SITE_VERSION=v2"]
     assert made.labels[workflow.SNAPSHOT_BASE] == engine.container("fake-web-1").image
