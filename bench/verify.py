@@ -3,8 +3,11 @@
 
 In one invocation, alternating for a few rounds: `wrk` (Debian's package) for about M requests,
 then `lab verify --requests M` (the real command, --json, its own throughput figure), both with C
-keep-alive connections through 127.0.0.1. Prints medians and the ratio lab/wrk. Then the memory
-check: peak memory of the verifier for M and 10 x M requests (it must stay flat).
+keep-alive connections through 127.0.0.1. Prints medians and the ratio lab/wrk. Then the cost of
+the content versions verify records: the load engine alone (`run_load`, in this process) with and
+without `content`, alternating, as CPU per request (getrusage, steadier than rates on a busy machine)
+and rate. Then the memory check: peak memory of the verifier for M and 10 x M requests (it must
+stay flat).
 Run it as `python bench/verify.py` (after `make setup`).
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -23,13 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import orchestrator  # noqa: E402
+from lab import orchestrator, traffic  # noqa: E402
 from lab import verify as verifier  # noqa: E402
 from lab.docker_ops import Engine  # noqa: E402
 from lab.pytest_plugin import free_port  # noqa: E402
 from lab.spec import LabSpec  # noqa: E402
 
-NAME = "bench-verify"
+NAME = f"bench-verify-{os.getpid()}"  # the engine is shared: never another run's lab
 
 
 def wrk_rate(url: str, requests: int, concurrency: int, expected_rate: float) -> float:
@@ -71,6 +76,31 @@ def lab_rate(requests: int, concurrency: int) -> float:
     return float(data["throughput_rps"])
 
 
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def engine_run(url_port: int, requests: int, concurrency: int, content: bool) -> tuple[float, float]:
+    """(CPU microseconds per request, requests per second) of one run_load as verify runs it."""
+    cpu = own_cpu()
+    tally = traffic.run_load(
+        "127.0.0.1",
+        url_port,
+        requests=requests,
+        duration=120,
+        concurrency=concurrency,
+        headers={verifier.RUN_HEADER: "bench"},
+        content=content,
+    )
+    cpu = own_cpu() - cpu
+    if tally.errors:
+        raise SystemExit(f"run_load saw errors: {tally.errors_by_cause}")
+    if content and sum(tally.contents.values()) != tally.ok:
+        raise SystemExit("content versions do not add up to the answers")
+    return cpu / tally.sent * 1e6, tally.throughput_rps
+
+
 def peak_memory_mb(engine: Engine, requests: int, concurrency: int) -> float:
     target = verifier.lab_target(engine, NAME)
     plan = verifier.LoadPlan.create(requests=requests, duration=None, concurrency=concurrency, clients=100)
@@ -109,6 +139,19 @@ def main() -> None:
         print(f"  wrk -t2        {wrk_median:8,.0f} req/s   ({', '.join(f'{r:,.0f}' for r in wrk_rates)})")
         print(f"  lab verify     {lab_median:8,.0f} req/s   ({', '.join(f'{r:,.0f}' for r in lab_rates)})")
         print(f"  ratio lab/wrk  {lab_median / wrk_median:8.2f}x")
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for round_ in range(2 * args.rounds):
+            for content in (False, True) if round_ % 2 == 0 else (True, False):
+                runs[content].append(engine_run(spec.port, args.requests, args.concurrency, content))
+        cpu = {c: statistics.median(r[0] for r in found) for c, found in runs.items()}
+        rate = {c: statistics.median(r[1] for r in found) for c, found in runs.items()}
+        print(f"load engine alone, {2 * args.rounds} runs each (medians):")
+        print(f"  without content  {cpu[False]:6.1f} us CPU per request  {rate[False]:8,.0f} req/s")
+        print(f"  with content     {cpu[True]:6.1f} us CPU per request  {rate[True]:8,.0f} req/s")
+        print(
+            f"  content costs    {cpu[True] / cpu[False] - 1:+6.1%} CPU per request, "
+            f"{rate[True] / rate[False] - 1:+.1%} rate"
+        )
         small, large = args.requests, args.requests * 10
         print(
             f"peak traced memory of the verifier: {peak_memory_mb(engine, small, args.concurrency):.1f} MB "

@@ -45,6 +45,7 @@ from lab.spec import (  # noqa: E402
 
 if TYPE_CHECKING:
     from lab.docker_ops import Engine
+    from lab.orchestrator import FromRegistry
     from lab.results import LabStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,6 +93,16 @@ balance_options = _options(
 )  # fmt: skip
 
 
+# Where `up` takes the site from, besides the default (copied into an image built here).
+site_source_options = _options(
+    click.option("--mount-site", is_flag=True, help="Bind-mount the site folder read-only (edits are served at once)."),
+    click.option("--from-registry", is_flag=True, help="Pull the site image from the lab's registry, no local build."),
+    click.option("--tag", default=None, help="With --from-registry: the tag to pull (default: the site's version)."),
+    click.option("--registry", "registry_name", default=DEFAULT_REGISTRY, show_default=True,
+                 help="With --from-registry: the registry's name."),
+)  # fmt: skip
+
+
 def _balance(**values: object) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -121,17 +132,21 @@ def cli() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--timings", is_flag=True, help="Print how long each phase took.")
+@site_source_options
 def up(
     name: str, replicas: str, port: str, bind: str, site: str, ttl: str | None, engine: str, init: bool,
-    quiet: bool, timings: bool, **balance: object,
+    quiet: bool, timings: bool, mount_site: bool, from_registry: bool, tag: str | None, registry_name: str,
+    **balance: object,
 ) -> None:  # fmt: skip
     """Build the site image and start the replicas and the load balancer."""
     spec = LabSpec.create(
-        name=name, replicas=replicas, port=port, bind=bind, site=site, engine=engine, **_balance(**balance)
-    )
+        name=name, replicas=replicas, port=port, bind=bind, site=site, engine=engine, mount_site=mount_site,
+        **_balance(**balance),
+    )  # fmt: skip
     if init and spec.engine != "swarm":
         raise InvalidInput("--init is for --engine swarm (it makes this engine a swarm manager)")
     seconds = parse_ttl(ttl) if ttl is not None else None
+    _check_site_source(from_registry, tag)
     from lab.progress import Timings
     from lab.progress import quiet as no_progress
 
@@ -145,9 +160,12 @@ def up(
         if not shown:
             threading.Thread(target=_preload, args=("lab.ui", "jinja2"), daemon=True).start()
         from lab import orchestrator
+    source = _registry_source(docker_engine, registry_name, tag) if from_registry else None
     with contextlib.ExitStack() as stack:
         progress = stack.enter_context(_ui().progress_bar(f"lab up {spec.name}")) if shown else no_progress
-        lab_status = orchestrator.up(docker_engine, spec, progress, ttl=seconds, timings=record, init=init)
+        lab_status = orchestrator.up(
+            docker_engine, spec, progress, ttl=seconds, timings=record, init=init, from_registry=source
+        )
     ui = _ui()
     ui.out.print(ui.status_table(lab_status))
     ui.out.print(f"[bold green]lab {spec.name} is up:[/] {spec.url}  ({spec.replicas} replicas answered)")
@@ -156,6 +174,22 @@ def up(
     _print_expiry(lab_status)
     if timings:
         ui.out.print(ui.timings_table(record.phases, time.perf_counter() - _STARTED))
+
+
+def _check_site_source(from_registry: bool, tag: str | None) -> None:
+    if tag is not None and not from_registry:
+        raise InvalidInput("--tag is for --from-registry (the tag to pull)")
+    if tag is not None:
+        parse_version_tag(tag)
+
+
+def _registry_source(engine: Engine, registry_name: str, tag: str | None) -> FromRegistry:
+    """Where `up --from-registry` pulls from: refused at once when the registry is not serving."""
+    from lab import orchestrator
+    from lab import registry as registries
+
+    repository = registries.serving_repository(engine, registry_name, nothing="nothing was started")
+    return orchestrator.FromRegistry(repository, tag)
 
 
 def _preload(*modules: str) -> None:
@@ -270,12 +304,17 @@ def scale(name: str, replicas: str) -> None:
 )
 @click.option("--batch", default="1", show_default=True, help="Replicas replaced at a time.")
 @click.option("--tag", default=None, help="Version name for the new site image (default: a content hash).")
-def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
+@click.option(
+    "--image", default=None, help="Roll out this existing image instead (a snapshot's TAG, or name:tag)."
+)
+def deploy(name: str, site: str | None, batch: str, tag: str | None, image: str | None) -> None:
     """Rolling update to a new site version; rolls back if a new replica is unhealthy."""
     if tag is not None:
         parse_version_tag(tag)  # bad input is refused before any engine is asked
     if site is not None:
         parse_site(site)
+    if image is not None and (site is not None or tag is not None):
+        raise InvalidInput("--image rolls out an existing image: give it without --site and --tag")
     from lab import orchestrator, ui
 
     with ui.progress_bar(f"deploy to {name}") as progress:
@@ -285,6 +324,7 @@ def deploy(name: str, site: str | None, batch: str, tag: str | None) -> None:
             site=site,
             batch=batch,
             tag=tag,
+            image=image,
             on_event=lambda step: progress(step, None),
         )
     ui.out.print(f"lab {name} serves version {version} on every replica")
@@ -298,6 +338,43 @@ def reload(name: str) -> None:
 
     live.reload(_connect(), name)
     ui.out.print(f"lab {name}: nginx reloaded")
+
+
+# lab cp, lab snapshot: the Docker workflow on a running lab -------------------------------------
+@cli.command()
+@click.argument("src")
+@name_option
+@click.option("--replica", default=None, help="The replica to copy into, by name or number.")
+@click.option("--all", "everyone", is_flag=True, help="Copy into every replica.")
+@click.option("--dest", default=None, help="Path inside the replicas (default: the document root).")
+def cp(src: str, name: str, replica: str | None, everyone: bool, dest: str | None) -> None:
+    """Copy a file or folder into running replicas (like `docker container cp`)."""
+    from lab import workflow
+
+    workflow.pick_replicas(replica, everyone)  # bad input touches nothing
+    workflow.parse_source(src)
+    if dest is not None:
+        workflow.parse_dest(dest)
+    copied = workflow.copy(
+        _connect(), name, src, replica=replica, everyone=everyone, dest=dest or workflow.DOCROOT
+    )
+    _ui().out.print(f"copied {copied.source} to {copied.path} in {', '.join(copied.replicas)}")
+
+
+@cli.command()
+@click.argument("replica")
+@name_option
+@click.option("--tag", required=True, help="Version name of the new image (lab/site:TAG).")
+def snapshot(replica: str, name: str, tag: str) -> None:
+    """Commit a replica, with what was copied into it, into a new site image (`docker commit`)."""
+    from lab import workflow
+
+    parse_version_tag(tag)  # bad input touches nothing
+    made = workflow.snapshot(_connect(), name, replica, tag)
+    _ui().out.print(
+        f"{made.image} ({made.image_id[:19]}) from {made.replica}; roll it out with "
+        f"`lab deploy --name {name} --image {tag}`"
+    )
 
 
 @cli.group()
@@ -430,6 +507,8 @@ def verify(
         ui.out.print(ui.verify_table(result))
         if result.by_node:
             ui.out.print(ui.node_spread_table(result))
+        if len(result.contents) > 1:
+            ui.out.print(ui.content_table(result))
         ui.out.print(ui.verify_summary(result))
         if report:
             ui.out.print(f"report: {report}")
@@ -542,6 +621,7 @@ def compose(
 @click.option(
     "--tag", default=None, help="deploy: version name for the new site image (default: a content hash)."
 )
+@click.option("--image", default=None, help="deploy: roll out this existing image (a snapshot's tag).")
 @click.option("--times", default=None, help="reload: how many reloads (default 3).")
 @click.option(
     "--node",
@@ -552,8 +632,8 @@ def compose(
 @click.option("--report", default=None, type=click.Path(dir_okay=False), help="Write an HTML report here.")
 def experiment(
     kind: str, name: str, rate: str, duration: str, steps: str | None, batch: str | None, site: str | None,
-    how: str | None, replica: str | None, restore: str | None, tag: str | None, times: str | None,
-    node: str | None, as_json: bool, report: str | None,
+    how: str | None, replica: str | None, restore: str | None, tag: str | None, image: str | None,
+    times: str | None, node: str | None, as_json: bool, report: str | None,
 ) -> None:  # fmt: skip
     """Steady load through the load balancer while scale, deploy, failover, reload, kill-lb or node-failure runs; every request counted.
 
@@ -564,7 +644,7 @@ def experiment(
     from lab.experiment.plan import ExperimentPlan
 
     options = {"steps": steps, "batch": batch, "site": site, "how": how, "replica": replica,
-               "restore": restore, "tag": tag, "times": times, "node": node}  # fmt: skip
+               "restore": restore, "tag": tag, "image": image, "times": times, "node": node}  # fmt: skip
     # Validated before any Docker call: bad input touches nothing.
     ExperimentPlan.create(kind, rate=rate, duration=duration, options=options)
     from lab import report as reports

@@ -39,6 +39,7 @@ from lab.engine import (
     HealthCheck,
     NestedEngineRequest,
     NetworkInfo,
+    PathStat,
     ServiceInfo,
     ServiceRequest,
     StepFn,
@@ -452,6 +453,10 @@ class Engine:
             restart_policy={"Name": req.restart} if req.restart else None,
             # A mount, not a -v bind: a missing host path is an error, not a new directory.
             mounts=[docker.types.Mount(target, source, type="bind") for source, target in req.binds.items()]
+            + [
+                docker.types.Mount(target, source, type="bind", read_only=True)
+                for source, target in req.read_only_binds.items()
+            ]
             or None,
             binds={name: {"bind": target, "mode": "rw"} for name, target in req.volumes.items()} or None,
             read_only=req.read_only or None,
@@ -543,6 +548,61 @@ class Engine:
 
     def put_file(self, container: ContainerInfo, path: str, content: str) -> None:
         self.put_files(container, {path: content})
+
+    def stat_path(self, container: ContainerInfo, path: str) -> PathStat | None:
+        """What `path` is inside a container (running or not); None when there is nothing there.
+
+        One HEAD request on the archive endpoint: the engine answers with the path's stat and sends
+        no archive.
+        """
+        url = self.api._url("/containers/{0}/archive", container.id)
+        response = self.api.head(url, params={"path": path})
+        if response.status_code == 404:  # (a HEAD answer has no body to tell a missing container apart)
+            return None
+        self.api._raise_for_status(response)
+        found = docker.utils.decode_json_header(response.headers["X-Docker-Container-Path-Stat"])
+        mode = int(found.get("mode") or 0)
+        return PathStat(
+            name=str(found.get("name") or ""),
+            size=int(found.get("size") or 0),
+            directory=bool(mode & (1 << 31)),  # Go's os.ModeDir
+            link_target=str(found.get("linkTarget") or ""),
+        )
+
+    def put_archive(self, container: ContainerInfo, directory: str, data: bytes) -> None:
+        """Unpack a tar archive into `directory` of a container (running or not), as `docker cp` does:
+        files arrive owned by the container's root. The directory must exist."""
+        try:
+            self.api.put_archive(container.id, directory, data)
+        except docker.errors.NotFound as exc:
+            raise LabError(f"{directory} does not exist in {container.name}: {_one_line(exc)}") from exc
+        except docker.errors.APIError as exc:
+            raise LabError(f"could not copy into {directory} of {container.name}: {_one_line(exc)}") from exc
+
+    def commit(
+        self,
+        container: ContainerInfo,
+        repository: str,
+        tag: str,
+        *,
+        labels: Mapping[str, str],
+        changes: list[str],
+        message: str,
+    ) -> str:
+        """`docker container commit`: a new image from the container's file system (paused while it
+        is read), with `labels` set over those it inherits and Dockerfile `changes` (ENV, ...)
+        applied; return its id."""
+        created = self.api.commit(
+            container.id,
+            repository=repository,
+            tag=tag,
+            message=message,
+            author="lab",
+            pause=True,
+            changes=changes or None,
+            conf={"Labels": dict(labels)},
+        )
+        return str(created["Id"])
 
     def read_file(self, container: ContainerInfo, path: str) -> str:
         stream, _ = self.api.get_archive(container.id, path)

@@ -40,6 +40,7 @@ class ContainerRequest:
     binds: dict[str, str] = field(default_factory=dict)  # host path -> path inside; the host path must exist
     read_only: bool = False  # a read-only root file system
     volumes: dict[str, str] = field(default_factory=dict)  # named volume -> mount point
+    read_only_binds: dict[str, str] = field(default_factory=dict)  # like binds, mounted read-only
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,16 @@ class ContainerState:
     @property
     def running(self) -> bool:
         return self.status in ("running", "paused")
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """What a path inside a container is (the engine's stat of it)."""
+
+    name: str
+    size: int
+    directory: bool
+    link_target: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,6 +255,10 @@ class ImageEngine(Protocol):
         """Pull repository:tag (a LabError when no registry serves it); its digest."""
         ...
 
+    def remove_image(self, ref: str) -> bool:
+        """Remove one tag (the image goes once no tag holds it); False when there was none."""
+        ...
+
 
 class ContainerEngine(ImageEngine, Protocol):
     """The verbs the orchestrator, the load balancer, the replica backends and the live operations use.
@@ -307,6 +322,27 @@ class ContainerEngine(ImageEngine, Protocol):
         ...
 
     def read_file(self, container: ContainerInfo, path: str) -> str: ...
+
+    def stat_path(self, container: ContainerInfo, path: str) -> PathStat | None:
+        """What `path` is inside the container (running or not); None when nothing is there."""
+        ...
+
+    def put_archive(self, container: ContainerInfo, directory: str, data: bytes) -> None:
+        """Unpack a tar archive into an existing `directory` of the container (`docker cp`)."""
+        ...
+
+    def commit(
+        self,
+        container: ContainerInfo,
+        repository: str,
+        tag: str,
+        *,
+        labels: Mapping[str, str],
+        changes: list[str],
+        message: str,
+    ) -> str:
+        """`docker container commit` into repository:tag, `labels` set over the inherited ones; its id."""
+        ...
 
     def exec(self, container: ContainerInfo, command: list[str]) -> tuple[int, str]:
         """Run `command` in a running container; its exit code and combined output."""

@@ -3,7 +3,8 @@
 It never touches a socket: `feed` it the bytes that arrived and it returns the `Response` once
 the response is complete; call `feed_eof` when the server closed. It keeps what a load engine
 counts (status, the first value of a few named fields, whether the connection may be reused)
-and discards bodies as they pass, so its memory is bounded by the limits below.
+and discards bodies as they pass (or keeps their first `keep_body` bytes, when asked), so its
+memory is bounded by the limits below.
 
 Strict where a lenient reading would count the wrong thing (RFC 9112): a field line must be
 `token ":" value` without control characters (no obs-fold, no bare CR or LF); Content-Length
@@ -55,6 +56,7 @@ class Response(NamedTuple):
     fields: Mapping[bytes, bytes]  # each wanted name (lower case) -> its first value, b"" if absent
     keep_alive: bool  # the connection may carry the next request
     body_length: int  # bytes of content (after undoing the chunked coding)
+    body: bytes = b""  # its first `keep_body` bytes (b"" unless the parser was asked to keep them)
 
 
 _new_tuple = tuple.__new__  # Response without the Python-level __new__ of a NamedTuple (hot path)
@@ -68,10 +70,14 @@ class ResponseParser:
     the reads split it. `fields` names (case-insensitive) the header fields whose first value
     each Response carries. Interim 1xx responses are skipped. After a ProtocolError the
     parser refuses more bytes until `reset`, which is also how a new connection starts.
+    With `keep_body` > 0 each Response also carries the first `keep_body` bytes of its content
+    (after undoing the chunked coding); 0, the default, keeps none and costs nothing.
     """
 
     __slots__ = (
         "_wanted",
+        "_keep",
+        "_body",
         "_buf",
         "_scanned",
         "_state",
@@ -82,12 +88,16 @@ class ResponseParser:
         "_started",
     )
 
-    def __init__(self, fields: Iterable[str] = ()) -> None:
+    def __init__(self, fields: Iterable[str] = (), *, keep_body: int = 0) -> None:
         names = [name.lower().encode("latin-1") for name in fields]
         for name in names:
             if not _FIELD.fullmatch(name + b":"):
                 raise ValueError(f"not a field name: {name!r}")
+        if keep_body < 0:
+            raise ValueError(f"keep_body must be >= 0, not {keep_body}")
         self._wanted = tuple((name, b"\r\n" + name + b":") for name in names)
+        self._keep = keep_body
+        self._body = bytearray()  # what is kept of the current response's content
         self._buf = bytearray()
         self._remaining = 0  # bytes still to come of a Content-Length body or of a chunk
         self._trailer = 0  # bytes of the trailer section so far
@@ -100,6 +110,8 @@ class ResponseParser:
         was half-read is dropped)."""
         if self._buf:
             self._buf.clear()
+        if self._body:
+            self._body.clear()
         self._scanned = 0  # bytes at the start of _buf already searched for a line end
         self._state = _HEAD_STATE
         self._started = False
@@ -196,11 +208,20 @@ class ResponseParser:
                     self._remaining = self._length = head.length
                 if state == _LENGTH:
                     if end_of_view - pos >= self._remaining:  # the usual case: the whole body is here
-                        return self._response(), pos + self._remaining
+                        end = pos + self._remaining
+                        if self._keep:  # one copy, straight from what arrived
+                            head = self._head
+                            body = bytes(view[pos : min(end, pos + self._keep)])
+                            return _new_tuple(
+                                Response, (head.status, head.fields, head.keep_alive, self._length, body)
+                            ), end
+                        return self._response(), end
                 elif state == _COMPLETE:
                     return self._response(), pos
             elif state == _LENGTH:
                 n = min(end_of_view - pos, self._remaining)
+                if self._keep:
+                    self._keep_content(view, pos, pos + n)
                 pos += n
                 self._remaining -= n
                 if self._remaining:
@@ -208,6 +229,8 @@ class ResponseParser:
                 return self._response(), pos
             elif state == _CHUNK_DATA:
                 n = min(end_of_view - pos, self._remaining)
+                if self._keep:
+                    self._keep_content(view, pos, pos + n)
                 pos += n
                 self._remaining -= n
                 if self._remaining:
@@ -260,6 +283,8 @@ class ResponseParser:
                     raise ProtocolError(f"bad trailer field line {bytes(view[pos:end])[:40]!r}")
                 pos = end + 2
             else:  # _UNTIL_CLOSE: the body ends when the server closes
+                if self._keep:
+                    self._keep_content(view, pos, end_of_view)
                 self._length += end_of_view - pos
                 pos = end_of_view
                 break
@@ -286,9 +311,16 @@ class ResponseParser:
         if line_end >= 0 and not _STATUS_LINE.fullmatch(view, pos, line_end):
             raise ProtocolError(f"bad status line {bytes(view[pos:line_end])[:80]!r}")
 
+    def _keep_content(self, view: bytes | bytearray, start: int, stop: int) -> None:
+        """Keep content bytes [start, stop) of `view`, up to `keep_body` in all."""
+        room = self._keep - len(self._body)
+        if room > 0:
+            self._body += view[start : min(stop, start + room)]
+
     def _response(self) -> Response:
         head = self._head
-        return _new_tuple(Response, (head.status, head.fields, head.keep_alive, self._length))
+        body = bytes(self._body) if self._body else b""
+        return _new_tuple(Response, (head.status, head.fields, head.keep_alive, self._length, body))
 
 
 class _Head(NamedTuple):

@@ -15,6 +15,7 @@ SESSION = "lab.session"
 PID = "lab.pid"
 SPEC = "lab.spec"
 SITE_VERSION = "lab.site-version"
+SITE_MOUNT = "lab.site-mount"  # on a replica: the host folder bind-mounted read-only as its document root
 EXPIRES = "lab.expires"  # UNIX time at which a `lab up --ttl` lab removes itself (on its reaper)
 
 ROLE_WEB = "web"

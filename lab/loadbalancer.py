@@ -40,6 +40,7 @@ SPEC_FILE = "/etc/nginx/lab-spec.json"
 # resolve only once the replicas run. So its first process waits for this file, then becomes nginx.
 GO_FILE = "/etc/nginx/lab-start"
 HELD_START = ["sh", "-c", f"until [ -e {GO_FILE} ]; do sleep 0.01; done; exec nginx -g 'daemon off;'"]
+DNS_PATIENCE = 5.0  # seconds `apply` waits for names Docker's DNS does not resolve yet
 _NEXT = ".next"  # a change is written beside what serves, tested, then moved into place
 # Two writers may change one load balancer at once (a swarm lab's watcher and a `lab` command):
 # each writes its own .next files, and the swap (compare, move, reload) happens under this lock.
@@ -128,6 +129,12 @@ def render(spec: LabSpec, members: Sequence[Member] | None = None) -> tuple[str,
     """The config for `spec` and `members` (default: every slot of the spec), and its generation."""
     view = nginx_view(spec, servers(members) if members is not None else None)
     return render_nginx_conf(view), view.generation
+
+
+def only_unresolved(output: str) -> bool:
+    """Whether every error nginx -t reported is an upstream name that does not resolve (yet)."""
+    errors = [line for line in output.splitlines() if "[emerg]" in line]
+    return bool(errors) and all("host not found" in line for line in errors)
 
 
 class LoadBalancer:
@@ -273,11 +280,18 @@ class LoadBalancer:
         suffix = f"{_NEXT}-{secrets.token_hex(4)}"  # each writer its own files
         conf_next, spec_next = NGINX_CONF + suffix, SPEC_FILE + suffix
         self.engine.put_files(self.container, {conf_next: config, spec_next: spec_json(spec)})
-        # One exec tests the config and lists the workers the reload will replace.
-        code, output = self.engine.exec(
-            self.container,
-            ["sh", "-c", f"nginx -t -q -c {conf_next} 2>&1 || exit 1; echo ==; {_WORKERS}; exit 0"],
-        )
+        # One exec tests the config and lists the workers the reload will replace. A name that does
+        # not resolve is no error of the config while Docker's DNS answers late (a busy engine): the
+        # test is repeated for a few seconds, as `up` waits such names out.
+        deadline = time.monotonic() + DNS_PATIENCE
+        while True:
+            code, output = self.engine.exec(
+                self.container,
+                ["sh", "-c", f"nginx -t -q -c {conf_next} 2>&1 || exit 1; echo ==; {_WORKERS}; exit 0"],
+            )
+            if code == 0 or not only_unresolved(output) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         if code != 0:
             self.engine.exec(self.container, ["rm", "-f", conf_next, spec_next])
             raise InvalidInput(

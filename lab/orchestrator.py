@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lab import labels, swarm
+from lab import labels, swarm, workflow
 from lab import reaper as reapers
 from lab import watcher as watchers
 from lab.engine import ACTIVE_ENDPOINTS, ContainerEngine, ContainerInfo, NetworkInfo
@@ -39,6 +39,27 @@ STUCK = "the engine still counts an endpoint on it; restart the Docker engine to
 
 
 # Up -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FromRegistry:
+    """Where `up --from-registry` pulls the site image: a repository in the lab's registry
+    (127.0.0.1:PORT/lab/site) and a tag (None: the site version of the spec's folder)."""
+
+    repository: str
+    tag: str | None = None
+
+
+def pull_site_image(
+    engine: ContainerEngine, source: FromRegistry, default_tag: str, progress: ProgressFn
+) -> SiteImage:
+    """Pull the site image from the registry (every chunk checked: a RegistryError with the
+    registry's message when it fails); its version is its label, else the tag."""
+    tag = source.tag or default_tag
+    ref = f"{source.repository}:{tag}"
+    progress(f"pulling {ref}", None)
+    engine.pull_image(source.repository, tag, on_progress=progress)
+    return SiteImage(ref, engine.image_labels(ref).get(labels.SITE_VERSION) or tag)
+
+
 def up(
     engine: ContainerEngine,
     spec: LabSpec,
@@ -48,6 +69,7 @@ def up(
     ttl: int | None = None,
     timings: Timings | None = None,
     init: bool = False,
+    from_registry: FromRegistry | None = None,
 ) -> LabStatus:
     """Build and start the lab; return once every replica has answered through the load balancer.
 
@@ -55,6 +77,8 @@ def up(
     and on Ctrl-C, everything this call created is removed again. `timings` records each phase.
     A swarm lab (`spec.engine`) needs this engine to be a swarm manager; with `init` it is made
     one if it is in no swarm (and left again if this call fails).
+    With `from_registry` the replicas run the image pulled from there, not a local build; a
+    failed pull stops `up` before anything is created.
     """
     phase = (timings or Timings()).phase
     on_swarm = spec.engine == "swarm"
@@ -68,7 +92,11 @@ def up(
             reapers.ensure_image(engine, progress)  # a build failure stops `up` before anything runs
     with phase("image check"):
         base = ensure_base_images(engine, progress=progress)
-        image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
+        if from_registry is not None:
+            default_tag = "" if from_registry.tag else site_version(spec.site, engine.image_id(base.httpd))
+            image = pull_site_image(engine, from_registry, default_tag, progress)
+        else:
+            image = SiteImage(*ensure_site_image(engine, spec.site, base.httpd, progress))
         watcher_image = watchers.ensure_image(engine, progress) if on_swarm else ""
     expires_at = None
     with undo_on_failure() as undo, rollback_on_failure(engine, spec.name):
@@ -155,6 +183,7 @@ def up(
         expires_at=expires_at,
         engine=spec.engine,
         watcher=_watcher_status(watcher) if watcher else None,
+        site_mount=str(spec.site) if spec.mount_site else "",
     )
 
 
@@ -289,6 +318,7 @@ def deploy(
     site: Path | str | None = None,
     batch: object = 1,
     tag: str | None = None,
+    image: str | None = None,
     on_event: EventFn | None = None,
 ) -> str:
     """Rolling update: replace `batch` replicas at a time with the new site version, each new one
@@ -297,7 +327,13 @@ def deploy(
 
     If a new replica does not become healthy, the replicas already replaced go back to the
     previous version and DeployFailed says so. Returns the new version.
+
+    With `image` (a snapshot's tag, or any local image reference) that image is rolled out as it
+    is, no site is built; its version is its `lab.site-version` label, else its tag.
     """
+    if image is not None and (site is not None or tag is not None):
+        raise InvalidInput("--image rolls out an existing image: give it without --site and --tag")
+    ref = workflow.image_ref(image) if image is not None else None
     site_dir = parse_site(site) if site is not None else None
     version_name = parse_version_tag(tag) if tag is not None else None
     lab = find_running(engine, name)
@@ -306,6 +342,17 @@ def deploy(
         raise LabError(f"lab {name!r} has no serving replica to deploy over; `lab chaos restore` first")
     size = parse_int_in_range(batch, "batch (replicas replaced at a time)", 1, len(serving))
     spec = lab.spec.with_changes(site=site_dir or lab.spec.site)
+    if ref is not None:
+        if not engine.image_exists(ref):
+            raise InvalidInput(f"there is no image {ref} on this engine (`lab snapshot` makes one)")
+        found = engine.image_labels(ref).get(labels.SITE_VERSION) or ref.rpartition(":")[2]
+        new_image = SiteImage(ref, found)
+        _announce(
+            on_event, f"rolling out {ref} (version {found}) to {len(serving)} replicas, {size} at a time"
+        )
+        lab.backend.roll_out(lab.spec, spec, lab.lb, new_image, size, on_event)
+        _announce(on_event, f"deployed version {found} to {len(serving)} replicas")
+        return found
     previous = lab.backend.current_image()
     base = ensure_base_images(engine)
     if version_name is None:
@@ -460,6 +507,7 @@ def status(engine: ContainerEngine, name: str, *, known: dict[str, str] | None =
         engine="swarm" if services or (spec is not None and spec.engine == "swarm") else "docker",
         watcher=_watcher_status(watcher) if watcher else None,
         upstream_change=last_change(engine.logs(watcher, tail=200)) if watcher else None,
+        site_mount=str(spec.site) if spec and spec.mount_site else "",
     )
 
 

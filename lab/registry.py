@@ -330,16 +330,31 @@ def push_image(
     progress: ProgressFn = quiet,
 ) -> Pushed:
     """Push a local image to the running registry; refuse clearly, before touching anything, when it is down."""
+    target = serving_repository(
+        engine, registry, repository, doing="push again", nothing="nothing was pushed"
+    )
+    began = time.monotonic()
+    digest = engine.push_image(image, target, tag, on_progress=progress)
+    return Pushed(source=image, reference=f"{target}:{tag}", digest=digest, seconds=time.monotonic() - began)
+
+
+def serving_repository(
+    engine: Engine,
+    registry: object = DEFAULT_REGISTRY,
+    repository: str = SITE_REPOSITORY,
+    *,
+    doing: str = "try again",
+    nothing: str = "nothing was done",
+) -> str:
+    """`repository` in the running registry (127.0.0.1:PORT/...), or a RegistryError saying it is
+    not running or does not answer."""
     names = RegistryNames.of(registry)
     container = find(engine, names)
     port = published_port(engine, container) if container is not None else None
     if container is None or container.status != "running" or port is None:
         raise RegistryError(
-            f"the registry {names.name} is not running; start it with `lab registry up` and push again"
+            f"the registry {names.name} is not running; start it with `lab registry up` and {doing}"
         )
     if not answers(port):
-        raise RegistryError(f"the registry {names.name} does not answer on {HOST}:{port}; nothing was pushed")
-    target = repository_at(port, repository)
-    began = time.monotonic()
-    digest = engine.push_image(image, target, tag, on_progress=progress)
-    return Pushed(source=image, reference=f"{target}:{tag}", digest=digest, seconds=time.monotonic() - began)
+        raise RegistryError(f"the registry {names.name} does not answer on {HOST}:{port}; {nothing}")
+    return repository_at(port, repository)

@@ -40,6 +40,7 @@ HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
 START_WORKERS = 16
 SERVING_STATES = ("running", "paused")  # a frozen replica still resolves; nginx's passive health handles it
 STOP_TIMEOUT = 10  # seconds a retired replica has to finish its requests
+DOCROOT = "/usr/local/apache2/htdocs"  # where the site image puts the site (site/Dockerfile)
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,23 @@ def create_network(engine: ContainerEngine, lab: str, role: str, name: str, *, i
 def replica_request(spec: LabSpec, index: int, slot: int, image: SiteImage, network: str) -> ContainerRequest:
     """Replica number `index`, in `slot`, of `spec` on `network` (the lab's backend network)."""
     name = spec.replica_name(index)
+    mounted = {"site_mount": str(spec.site)} if spec.mount_site else {}
     return ContainerRequest(
         name=name,
         hostname=name,  # the site reports its hostname as X-Served-By
         image=image.ref,
         labels=labels.for_lab(
-            spec.name, labels.ROLE_WEB, replica=str(index), slot=str(slot), site_version=image.version
+            spec.name,
+            labels.ROLE_WEB,
+            replica=str(index),
+            slot=str(slot),
+            site_version=image.version,
+            **mounted,
         ),
         network=network,
         cap_add=HTTPD_CAPS,
+        # Development mode: the host folder is the document root, so an edit there is served at once.
+        read_only_binds={str(spec.site): DOCROOT} if spec.mount_site else {},
     )
 
 

@@ -99,6 +99,17 @@ class AccessLogView:
 
 
 @dataclass(frozen=True)
+class ContentRow:
+    """One content version: what a group of answers carried, and which replicas sent it."""
+
+    version: str
+    digest: str
+    count: str
+    share: str
+    replicas: str
+
+
+@dataclass(frozen=True)
 class VerifyView:
     title: str
     lab: str
@@ -117,6 +128,8 @@ class VerifyView:
     access_log: AccessLogView
     notes: list[str]
     advice: str = ""  # inconclusive: what would make the test decisive
+    contents: list[ContentRow] | None = None  # None: the run did not look at contents
+    content_caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,13 +195,37 @@ def verify_view(result: VerifyResult) -> VerifyView:
         share_caption=caption,
         latency_chart=latency_chart,
         latency_caption=latency_caption(result.latency_ms, sum(b.count for b in result.latency_histogram)),
-        columns=list(_TABLE_COLUMNS),
+        columns=list(_TABLE_COLUMNS) + (["Content"] if result.contents else []),
         rows=replica_rows(result),
         test=test_view(result),
         access_log=access_log_view(result.access_log),
         notes=list(result.notes),
         advice=result.advice,
+        contents=content_rows(result) if result.contents else None,
+        content_caption=CONTENT_CAPTION,
     )
+
+
+CONTENT_CAPTION = (
+    "Answers grouped by what they carried, whichever replica sent them. The site's pages print "
+    "the replica's own name, so it is taken out of each body before it is hashed (CRC-32): "
+    "replicas serving the same pages share a version. A version is named by the X-Site-Version "
+    "header when that version had one content in this run, else by the header and the hash "
+    "(one replica changed by `lab cp` stands apart)."
+)
+
+
+def content_rows(result: VerifyResult) -> list[ContentRow]:
+    return [
+        ContentRow(
+            version=group.version,
+            digest=group.digest,
+            count=f"{group.count:,}",
+            share=_percent(group.share),
+            replicas=", ".join(f"{name} ({n:,})" for name, n in group.replicas.items()),
+        )
+        for group in result.contents
+    ]
 
 
 def compare_view(results: list[VerifyResult]) -> CompareView:
@@ -308,10 +345,17 @@ def replica_rows(result: VerifyResult) -> list[ReplicaRow]:
             Cell(f"{r.errors:,}", "bad" if r.errors else ""),
             *_latency_cells(r.latency_ms),
             log_cell,
+            *([Cell(_contents_label(r.contents))] if result.contents else []),
         ]
         flagged = misplaced or r.errors > 0 or log_cell.flag == "bad"
         rows.append(ReplicaRow(name=r.name, cells=cells, flagged=flagged))
     return rows
+
+
+def _contents_label(contents: dict[str, int]) -> str:
+    if len(contents) <= 1:
+        return next(iter(contents), "—")
+    return ", ".join(f"{name} ({n:,})" for name, n in sorted(contents.items(), key=lambda kv: -kv[1]))
 
 
 def _accepted_cell(r: ReplicaResult) -> Cell:

@@ -49,6 +49,25 @@ class ReplicaResult:
         None  # the shares the test accepted, margin included (None: no per-replica band)
     )
     expected_high: float | None = None
+    contents: dict[str, int] = field(default_factory=dict)  # content version -> ok answers (see below)
+
+
+@dataclass(frozen=True)
+class ContentVersion:
+    """What a group of answers carried: the same page, whichever replica sent it.
+
+    `version` is the answers' X-Site-Version where that version had one content in the run, else
+    the version and the `digest` of the body with the replica's own name taken out
+    (lab.tally.content_digest), so replicas that serve the same pages share one, and one that got
+    a `lab cp` stands apart.
+    """
+
+    version: str
+    site_version: str  # the X-Site-Version header ("" when the answers had none)
+    digest: str  # CRC-32 of the body without the replica's name (8 hex digits)
+    count: int  # ok answers
+    share: float  # of all ok answers
+    replicas: dict[str, int]  # replica -> its answers with this content
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class VerifyResult:
     notes: list[str] = field(default_factory=list)
     advice: str = ""  # inconclusive: what would make the test decisive
     by_node: list[NodeSpread] = field(default_factory=list)  # a swarm lab: the spread per node
+    contents: list[ContentVersion] = field(default_factory=list)  # most answers first
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -152,6 +172,9 @@ class LabStatus:
     engine: str = "docker"  # docker: containers on this engine; swarm: a service's tasks on its nodes
     watcher: MemberStatus | None = None  # a swarm lab's watcher (keeps the upstream on the tasks)
     upstream_change: dict[str, object] | None = None  # the watcher's last change of the upstream
+    site_mount: str = (
+        ""  # the host folder every replica serves, read-only (`up --mount-site`); "" if built in
+    )
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

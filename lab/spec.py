@@ -55,6 +55,7 @@ class LabSpec:
     max_fails: int = 1
     fail_timeout: int = 10  # seconds
     engine: str = DEFAULT_ENGINE  # docker: one container per replica; swarm: one service, a task per replica
+    mount_site: bool = False  # the site folder is bind-mounted read-only into each replica (development)
 
     @classmethod
     def create(
@@ -73,11 +74,17 @@ class LabSpec:
         max_fails: object = 1,
         fail_timeout: object = 10,
         engine: object = DEFAULT_ENGINE,
+        mount_site: object = False,
         check_site: bool = True,
     ) -> LabSpec:
         """Validate raw values (from a command line or a test) into a spec, or raise InvalidInput."""
         n = parse_replicas(replicas)
         method = parse_algorithm(algorithm)
+        if mount_site and parse_engine(engine) == "swarm":
+            raise InvalidInput(
+                "--mount-site is for --engine docker: a swarm's tasks run on other engines, "
+                "which do not see this folder"
+            )
         return cls(
             name=parse_name(name),
             replicas=n,
@@ -92,6 +99,7 @@ class LabSpec:
             max_fails=parse_int_in_range(max_fails, "max-fails", 0, 100),
             fail_timeout=parse_int_in_range(fail_timeout, "fail-timeout (seconds)", 1, 3600),
             engine=parse_engine(engine),
+            mount_site=bool(mount_site) and (not check_site or check_mountable(Path(str(site)))),
         )
 
     def with_changes(self, **changes: object) -> LabSpec:
@@ -113,6 +121,7 @@ class LabSpec:
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
             "engine": self.engine,
+            "mount_site": self.mount_site,
         }
         values.update(changes)
         return LabSpec.create(**values, check_site=False)
@@ -147,6 +156,7 @@ class LabSpec:
             "max_fails": self.max_fails,
             "fail_timeout": self.fail_timeout,
             "engine": self.engine,
+            "mount_site": self.mount_site,
         }
 
     @classmethod
@@ -328,6 +338,20 @@ def parse_site(value: object) -> Path:
     if not (path / "index.html").is_file():
         raise InvalidInput(f"site directory {str(path)!r} has no index.html")
     return path.resolve()
+
+
+def check_mountable(site: Path) -> bool:
+    """A folder replicas can serve read-only from a bind mount: httpd there runs as an unprivileged
+    user, so the folder must be open to everyone (pytest's tmp folders, mode 700, are not)."""
+    path = site.expanduser().resolve()
+    for item in (path, path / "index.html"):
+        needed = 0o005 if item.is_dir() else 0o004
+        if item.stat().st_mode & needed != needed:
+            raise InvalidInput(
+                f"--mount-site: {item} is not readable by everyone, and the replicas' httpd runs "
+                f"unprivileged; `chmod o+rX` it"
+            )
+    return True
 
 
 def parse_algorithm(value: object) -> str:

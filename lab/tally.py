@@ -10,6 +10,7 @@ hot path decodes nothing.
 from __future__ import annotations
 
 import sys
+import zlib
 from dataclasses import dataclass, field
 
 from lab.stats import LatencyHistogram
@@ -19,6 +20,10 @@ RETRY_CAUSES = ("reset", "closed")  # how a stale keep-alive connection fails
 UNNAMED_REPLICA = "(unnamed)"  # an answer without an X-Served-By header
 MAX_ADDRS_PER_REPLICA = 16  # X-Upstream-Addr values kept per replica, so memory stays flat
 _MAX_CACHED = 1024  # X-Upstream-Addr values whose addresses are remembered (a few per replica)
+KEEP_BODY = 65536  # bytes of an answer's content its content version is taken from
+MAX_CONTENTS = 512  # (replica, site version, content) counters; more contents are lumped together
+_MAX_BODIES = 16  # bodies per replica whose digest is remembered (a replica serves one or two)
+OTHER_CONTENT = "other"  # the digest of the lump: a server whose every answer differs (a clock, ...)
 
 
 @dataclass
@@ -76,6 +81,9 @@ class Tally:
     per_client: dict[str, dict[str, int]] = field(default_factory=dict)
     upstream_addrs: dict[str, set[str]] = field(default_factory=dict)
     upstream_retries: int = 0  # extra upstream attempts seen in X-Upstream-Addr ("a, b" is 1)
+    # Ok answers by (replica, X-Site-Version, content digest), when the run kept content (see
+    # `content_digest`): sums to ok then, else empty.
+    contents: dict[tuple[str, str, str], int] = field(default_factory=dict)
     retried: int = 0
     retried_by_cause: dict[str, int] = field(default_factory=dict)
     cancelled: int = 0
@@ -102,6 +110,7 @@ class Tally:
         _add(self.by_status, other.by_status)
         _add(self.errors_by_cause, other.errors_by_cause)
         _add(self.retried_by_cause, other.retried_by_cause)
+        _add(self.contents, other.contents)
         self.latency.merge(other.latency)
         for replica, histogram in other.latency_by_replica.items():
             self.latency_by_replica.setdefault(replica, LatencyHistogram()).merge(histogram)
@@ -126,6 +135,42 @@ def _add(into: dict, counts: dict) -> None:
 def client_name(index: int) -> str:
     """The identity that client number `index` sends."""
     return f"c{index}"
+
+
+def content_digest(body: bytes, served_by: bytes, length: int) -> str:
+    """What an answer's content is, the same on every replica that serves the same pages.
+
+    The bundled site's pages print the replica's own name (a server-side include), so bodies
+    differ per replica even when their content is the same: the name (X-Served-By) is taken out
+    of the body before it is hashed (CRC-32, 8 hex digits). A body longer than what is kept
+    (KEEP_BODY) is known by its kept start and its whole length.
+    """
+    if served_by:
+        body = body.replace(served_by, b"")
+    digest = zlib.crc32(body)
+    if length > KEEP_BODY:
+        digest = zlib.crc32(b"%d" % length, digest)
+    return f"{digest:08x}"
+
+
+def content_versions(contents: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], str]:
+    """The name of each (X-Site-Version, digest) pair: its site version where that version has one
+    content only, else the site version and the digest ("v1+1f2e3d4c"): a version whose replicas
+    serve different pages (one got a `lab cp`) shows each content apart. Without the header, the
+    digest alone ("#1f2e3d4c")."""
+    digests: dict[str, set[str]] = {}
+    for _replica, version, digest in contents:
+        digests.setdefault(version, set()).add(digest)
+    names: dict[tuple[str, str], str] = {}
+    for version, found in digests.items():
+        for digest in found:
+            if not version:
+                names[version, digest] = f"#{digest}"
+            elif len(found) == 1:
+                names[version, digest] = version
+            else:
+                names[version, digest] = f"{version}+{digest}"
+    return names
 
 
 def upstream_addresses(value: bytes) -> list[bytes]:
@@ -178,6 +223,8 @@ class Counts:
         self.addrs: dict[bytes, set[bytes]] = {}
         self.seconds: list[_Second] = []
         self._addresses: dict[bytes, list[bytes]] = {}  # X-Upstream-Addr value -> its addresses
+        self.contents: dict[tuple[bytes, bytes, str], int] = {}  # (replica, X-Site-Version, digest)
+        self._digests: dict[bytes, dict[bytes, str]] = {}  # replica -> body -> its content digest
         self._second = _Second()
         self._second_index = -1  # the index of _second; -1 until the first outcome
 
@@ -221,6 +268,27 @@ class Counts:
                 addrs = self.addrs[replica] = set()
             if len(addrs) < MAX_ADDRS_PER_REPLICA:
                 addrs.add(upstream)
+
+    def content(self, replica: bytes, version: bytes, body: bytes, length: int) -> None:
+        """The content of an ok answer (after `answer`): its X-Site-Version, its kept body and the
+        body's whole length. Bodies seen before are not hashed again (a load meets the same few)."""
+        digests = self._digests.get(replica)
+        if digests is None:
+            digests = self._digests[replica] = {}
+        digest = digests.get(body)
+        if digest is None:
+            digest = content_digest(body, replica, length)
+            if len(digests) < _MAX_BODIES:
+                digests[body] = digest
+        key = (replica, version, digest)
+        count = self.contents.get(key)
+        if count is None:
+            if len(self.contents) >= MAX_CONTENTS:  # memory stays flat whatever the server sends
+                key = (replica, version, OTHER_CONTENT)
+                count = self.contents.get(key, 0)
+            else:
+                count = 0
+        self.contents[key] = count + 1
 
     def error(self, now: float, cause: str) -> None:
         """A request failed without an answer (`cause` is one of ERROR_CAUSES)."""
@@ -274,6 +342,7 @@ class Counts:
             },
             upstream_addrs={name(r): {a.decode("latin-1") for a in addrs} for r, addrs in self.addrs.items()},
             upstream_retries=self.upstream_retries,
+            contents={(name(r), v.decode("latin-1"), d): n for (r, v, d), n in self.contents.items()},
             retried_by_cause=dict(self.retried_by_cause),
             cancelled=self.cancelled,
             elapsed=elapsed,

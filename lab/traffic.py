@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from lab.http_parser import ProtocolError, Response, ResponseParser
 from lab.tally import (
     ERROR_CAUSES,
+    KEEP_BODY,
     MAX_ADDRS_PER_REPLICA,
     RETRY_CAUSES,
     UNNAMED_REPLICA,
@@ -62,6 +63,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL and friends; H
 _ENGINE_HEADERS = frozenset({"host", "connection", "content-length", "transfer-encoding"})
 _IDENTITY_HEADERS = frozenset({"x-client-id", "cookie"})
 _SERVED_BY, _UPSTREAM_ADDR = b"x-served-by", b"x-upstream-addr"  # what the parser keeps of a response
+_SITE_VERSION = b"x-site-version"  # kept too when the run records what content each answer carried
 
 
 def loopback_address(host: str) -> tuple[socket.AddressFamily, str]:
@@ -141,6 +143,7 @@ def run_load(
     retry_stale: bool = True,
     stop: threading.Event | None = None,
     on_progress: Callable[[int], None] | None = None,
+    content: bool = False,
 ) -> Tally:
     """Send GET `path` over `concurrency` keep-alive connections until `requests` are done or
     `duration` seconds have passed (never past duration + timeout), and tally the answers.
@@ -156,7 +159,9 @@ def run_load(
     thread, ends the run within ~0.02 s; requests still open are counted as `cancelled`.
     `on_progress` gets the number of finished requests about every 0.1 s. Latency runs from
     the start of a request (not its due time), so it includes a new connection's set-up and
-    a retry when there was one.
+    a retry when there was one. With `content`, each ok answer's X-Site-Version and a digest of
+    its body (`tally.content_digest`) are counted too (`Tally.contents`); it costs a copy of the
+    body and, for a body not seen before, a hash.
     """
     if requests is None and duration is None:
         raise ValueError("give requests, duration or both: a load must be bounded")
@@ -185,6 +190,7 @@ def run_load(
         retry_stale=retry_stale,
         stop=stop,
         on_progress=on_progress,
+        content=content,
     )
     return engine.run()
 
@@ -288,11 +294,15 @@ class _Slot:
         "reused",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, content: bool = False) -> None:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = _IDLE
-        self.parser = ResponseParser(("X-Served-By", "X-Upstream-Addr"))
+        if content:
+            fields = ("X-Served-By", "X-Upstream-Addr", "X-Site-Version")
+            self.parser = ResponseParser(fields, keep_body=KEEP_BODY)
+        else:
+            self.parser = ResponseParser(("X-Served-By", "X-Upstream-Addr"))
         self.out = b""
         self.started = 0.0
         self.deadline = 0.0
@@ -321,6 +331,7 @@ class _Engine:
         retry_stale: bool,
         stop: threading.Event | None,
         on_progress: Callable[[int], None] | None,
+        content: bool = False,
     ) -> None:
         self.family = family
         self.address = address
@@ -333,7 +344,8 @@ class _Engine:
         self.retry_stale = retry_stale
         self.stop = stop
         self.on_progress = on_progress
-        self.slots = [_Slot() for _ in range(concurrency)]
+        self.content = content
+        self.slots = [_Slot(content=content) for _ in range(concurrency)]
         self.poller = _Poller()
         self.by_fd: dict[int, _Slot] = {}
         self.pacer = Pacer(0.0, requests=budget, duration=duration, rate=rate)  # both made anew
@@ -537,6 +549,10 @@ class _Engine:
         self.counts.answer(
             now, now - slot.started, response.status, fields[_SERVED_BY], fields[_UPSTREAM_ADDR], slot.client
         )
+        if self.content and response.status < 500:
+            self.counts.content(
+                fields[_SERVED_BY], fields[_SITE_VERSION], response.body, response.body_length
+            )
         slot.failures = 0
         slot.state = _IDLE
         if not response.keep_alive:

@@ -110,6 +110,8 @@ def status_table(lab: LabStatus) -> Table:
         notes.append(nodes_line(lab.replicas))
         if lab.upstream_change:
             notes.append(upstream_change_line(lab.upstream_change))
+    if lab.site_mount:
+        notes.append(f"[yellow]site mounted[/] read-only from {escape(lab.site_mount)} (development mode)")
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
@@ -198,7 +200,9 @@ def verify_table(result: VerifyResult) -> Table:
     table = Table(title=title, title_justify="left")
     # Names are never cut; on a narrow terminal (or a pipe, 80 columns) the bar gives way first.
     names = max((len(name) for name in result.replicas), default=8)
-    bar_width = min(_BAR_WIDTH, out.width - _TABLE_WITHOUT_BAR - names)
+    served = {name: _contents_cell(r.contents) for name, r in result.replicas.items()}
+    content_width = max((len(text) for text in served.values()), default=0) + 3 if result.contents else 0
+    bar_width = min(_BAR_WIDTH, out.width - _TABLE_WITHOUT_BAR - names - content_width)
     table.add_column("replica", no_wrap=True)
     for column in ("count", "share", "expected"):
         table.add_column(column, justify="right", no_wrap=True)
@@ -206,6 +210,8 @@ def verify_table(result: VerifyResult) -> Table:
         table.add_column("", no_wrap=True)
     for column in ("p50 ms", "p95 ms", "p99 ms", "5xx", "access log"):
         table.add_column(column, justify="right")
+    if result.contents:
+        table.add_column("content", no_wrap=True)
     scale = max(
         [r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()]
     )
@@ -221,7 +227,7 @@ def verify_table(result: VerifyResult) -> Table:
         table.add_row(
             r.name, f"{r.count:,}", f"{r.share:.1%}", expected, *bar,
             _ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None),
-            str(r.errors), logged,
+            str(r.errors), logged, *([escape(served[r.name])] if result.contents else []),
         )  # fmt: skip
     return table
 
@@ -245,6 +251,27 @@ def node_spread_table(result: VerifyResult) -> Table:
     return table
 
 
+def _contents_cell(contents: dict[str, int]) -> str:
+    """The content version(s) a replica served: one name, or each with its count."""
+    if len(contents) <= 1:
+        return next(iter(contents), "-")
+    return ", ".join(f"{name} ({n:,})" for name, n in sorted(contents.items(), key=lambda kv: -kv[1]))
+
+
+def content_table(result: VerifyResult) -> Table:
+    """The answers grouped by content version (what was served), beside the grouping by replica."""
+    table = Table(
+        title="content versions (the same page on any replica is one version)", title_justify="left"
+    )
+    for column, justify in (("content version", "left"), ("answers", "right"), ("share", "right"),
+                            ("replicas", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for group in result.contents:
+        replicas = ", ".join(f"{name} ({n:,})" for name, n in group.replicas.items())
+        table.add_row(escape(group.version), f"{group.count:,}", f"{group.share:.1%}", escape(replicas))
+    return table
+
+
 def verify_summary(result: VerifyResult) -> str:
     style = _VERDICT_STYLE.get(result.verdict, "bold")
     lat = result.latency_ms
@@ -264,6 +291,8 @@ def verify_summary(result: VerifyResult) -> str:
         lines.append(
             f"latency: p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms, max {lat.max:.1f} ms"
         )
+    if len(result.contents) == 1:
+        lines.append(f"content: every answer carried the same content ({escape(result.contents[0].version)})")
     check = result.access_log
     if check.checked:
         lines.append(

@@ -18,8 +18,17 @@ from lab.engine import ContainerEngine as Engine
 from lab.errors import InvalidInput
 from lab.orchestrator import find_running
 from lab.progress import ProgressFn
-from lab.results import AccessLogCheck, HistogramBar, Latency, NodeSpread, ReplicaResult, VerifyResult
+from lab.results import (
+    AccessLogCheck,
+    ContentVersion,
+    HistogramBar,
+    Latency,
+    NodeSpread,
+    ReplicaResult,
+    VerifyResult,
+)
 from lab.spec import MAX_REPLICAS, parse_algorithm, parse_int_in_range, parse_weight_list
+from lab.tally import content_versions
 
 LogReader = Callable[[float], Iterable[str]]  # the load balancer's log lines since a time (epoch seconds)
 MAX_REQUESTS = 10_000_000
@@ -203,6 +212,7 @@ def verify(
         clients=clients,
         headers={RUN_HEADER: run_id},
         on_progress=on_progress,
+        content=True,
     )
     answered = {r for r, statuses in tally.status_by_replica.items() if statuses} | set(tally.by_replica)
     replicas = replica_list(target, answered)
@@ -248,6 +258,12 @@ def verify(
     if not log_check.matches:
         notes.append(f"the access log disagrees with the verifier: {log_check.note}")
     observed = [tally.by_replica.get(r, 0) for r in replicas]
+    contents = content_groups(tally)
+    notes += content_notes(contents)
+    by_replica_content: dict[str, dict[str, int]] = {}
+    for group in contents:
+        for replica, n in group.replicas.items():
+            by_replica_content.setdefault(replica, {})[group.version] = n
     return VerifyResult(
         lab=target.lab,
         url=target.url,
@@ -270,6 +286,7 @@ def verify(
                 latency_share=band[0],
                 expected_low=band[1],
                 expected_high=band[2],
+                contents=by_replica_content.get(name, {}),
             )
             for name, share, band in zip(replicas, shares, bands, strict=True)
         },
@@ -290,6 +307,7 @@ def verify(
         notes=notes,
         advice=judgement.advice if log_check.matches else "",
         by_node=node_spread(target.nodes, replicas, tally.by_replica, shares),
+        contents=contents,
     )
 
 
@@ -316,6 +334,39 @@ def node_spread(
             )
         )
     return spread
+
+
+def content_groups(tally: traffic.Tally) -> list[ContentVersion]:
+    """The run's ok answers grouped by content version (lab.tally.content_versions names them),
+    most answers first."""
+    names = content_versions(tally.contents)
+    groups: dict[str, dict[str, int]] = {}
+    keys: dict[str, tuple[str, str]] = {}
+    for (replica, version, digest), n in tally.contents.items():
+        name = names[version, digest]
+        keys[name] = (version, digest)
+        per_replica = groups.setdefault(name, {})
+        per_replica[replica] = per_replica.get(replica, 0) + n
+    found = [
+        ContentVersion(
+            version=name,
+            site_version=keys[name][0],
+            digest=keys[name][1],
+            count=sum(per_replica.values()),
+            share=sum(per_replica.values()) / tally.ok if tally.ok else 0.0,
+            replicas=dict(sorted(per_replica.items())),
+        )
+        for name, per_replica in groups.items()
+    ]
+    return sorted(found, key=lambda g: (-g.count, g.version))
+
+
+def content_notes(contents: list[ContentVersion]) -> list[str]:
+    """One line when the replicas do not all serve the same content, saying who serves what."""
+    if len(contents) < 2:
+        return []
+    parts = [f"{g.version} from {', '.join(g.replicas)}" for g in contents]
+    return [f"the replicas serve {len(contents)} different contents: {'; '.join(parts)}"]
 
 
 def _bands(

@@ -17,6 +17,7 @@ from pathlib import Path
 from lab.chaos import HOW
 from lab.errors import InvalidInput
 from lab.spec import MAX_REPLICAS, parse_int_in_range, parse_site, parse_version_tag
+from lab.workflow import image_ref
 
 KINDS = ("scale", "deploy", "failover", "reload", "kill-lb", "node-failure")
 MIN_RATE, MAX_RATE = 1.0, 2000.0  # requests per second
@@ -35,7 +36,7 @@ RESTORE_AT = 0.7  # failover with restore "during": when the restore begins
 # Which options each kind takes; anything else given for it is refused.
 _OPTIONS = {
     "scale": {"steps"},
-    "deploy": {"batch", "site", "tag"},
+    "deploy": {"batch", "site", "tag", "image"},
     "failover": {"how", "replica", "restore"},
     "reload": {"times"},
     "kill-lb": set(),
@@ -55,6 +56,7 @@ class ExperimentPlan:
     batch: int = 1
     site: Path | None = None
     tag: str | None = None
+    image: str | None = None  # deploy: roll out this existing image (a snapshot's tag, or name:tag)
     how: str = "kill"
     replica: str | None = None
     restore: str = "after"
@@ -85,11 +87,15 @@ class ExperimentPlan:
         if what == "deploy":
             site = given.get("site")
             tag = given.get("tag")
+            image = given.get("image")
+            if image is not None and (site is not None or tag is not None):
+                raise InvalidInput("--image rolls out an existing image: give it without --site and --tag")
             return _replace(
                 plan,
                 batch=parse_int_in_range(given.get("batch", 1), "batch", 1, MAX_REPLICAS),
                 site=parse_site(site) if site is not None else None,
                 tag=parse_version_tag(tag) if tag is not None else None,
+                image=image_ref(str(image)) if image is not None else None,
             )
         if what == "failover":
             how = str(given.get("how", "kill"))
@@ -135,6 +141,7 @@ class ExperimentPlan:
             "batch": self.batch,
             "site": str(self.site) if self.site else None,
             "tag": self.tag,
+            "image": self.image,
             "how": self.how,
             "replica": self.replica,
             "restore": self.restore,

@@ -203,7 +203,13 @@ def _deploy(run: _Run) -> tuple[list[Step], str]:
     error = ""
     try:
         version = orchestrator.deploy(
-            run.engine, run.name, site=plan.site, batch=plan.batch, tag=plan.tag, on_event=rec.on_event
+            run.engine,
+            run.name,
+            site=plan.site,
+            batch=plan.batch,
+            tag=plan.tag,
+            image=plan.image,
+            on_event=rec.on_event,
         )
         run.extra["new_version"] = version
     except LabError as exc:  # a failed deploy rolls back; the load goes on and shows what it cost

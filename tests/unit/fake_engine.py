@@ -11,7 +11,10 @@ swap-and-reload, the worker listings) and nothing else. Knobs make things fail (
 from __future__ import annotations
 
 import hashlib
+import io
+import posixpath
 import re
+import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +29,7 @@ from lab.engine import (
     Endpoint,
     Filters,
     NetworkInfo,
+    PathStat,
     ServiceInfo,
     TaskInfo,
 )
@@ -44,6 +48,7 @@ class FakeContainer:
     networks: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
+    request: ContainerRequest | None = None
     restart_count: int = 0
     workers: int = 1  # nginx: the generation of its workers (a reload starts the next)
 
@@ -87,6 +92,7 @@ class FakeEngine:
         self.hang_logs = False  # wait_for_log blocks until the container is killed
         self.unremovable: set[str] = set()  # container names the engine refuses to remove
         self.config_ok = True  # what `nginx -t` says
+        self.unresolved_tests = 0  # how many `nginx -t` runs meet a name Docker's DNS does not answer yet
         self.images: set[str] = set()  # images that exist (besides those `image_exists_always` covers)
         self.image_exists_always = True
         self.built: list[str] = []
@@ -97,6 +103,19 @@ class FakeEngine:
         self.started: set[str] = set()
         self.log_waits_timed_out = 0
         self.history: list[str] = []  # "remove container X", "remove network Y", ..., in order
+        self.directories = {
+            "/",
+            "/usr",
+            "/usr/local",
+            "/usr/local/apache2",
+            "/usr/local/apache2/htdocs",
+            "/tmp",
+        }
+        self.uploads: list[tuple[str, str, list[str]]] = []  # (container, directory, member names)
+        self.commits: list[dict[str, object]] = []
+        self.labels_of: dict[str, dict[str, str]] = {}  # image -> its labels
+        self.registry: dict[str, dict[str, str]] = {}  # repository:tag a registry serves -> its labels
+        self.pulled: list[str] = []
         self._ids = 0
 
     # Finding things ------------------------------------------------------------------------------
@@ -153,7 +172,7 @@ class FakeEngine:
             self._ids += 1
             networks = [] if req.network_disabled or not req.network else [req.network]
             container = FakeContainer(f"id-{self._ids}", req.name, dict(req.labels), req.image,
-                                      networks=networks, command=req.command)  # fmt: skip
+                                      networks=networks, command=req.command, request=req)  # fmt: skip
             self.by_name[req.name] = container
             return container.info()
 
@@ -205,6 +224,43 @@ class FakeEngine:
     def put_files(self, container: ContainerInfo, files: Mapping[str, str]) -> None:
         self._get(container).files.update(files)
 
+    def stat_path(self, container: ContainerInfo, path: str) -> PathStat | None:
+        found = self._get(container)
+        if path in self.directories:
+            return PathStat(posixpath.basename(path) or "/", 4096, True)
+        if path in found.files:
+            return PathStat(posixpath.basename(path), len(found.files[path]), False)
+        return None
+
+    def put_archive(self, container: ContainerInfo, directory: str, data: bytes) -> None:
+        found = self._get(container)
+        if directory not in self.directories:
+            raise LabError(f"{directory} does not exist in {container.name}")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            for member in members:
+                extracted = tar.extractfile(member) if member.isfile() else None
+                if extracted is not None:
+                    found.files[posixpath.join(directory, member.name)] = extracted.read().decode()
+        self.uploads.append((found.name, directory, [m.name for m in members]))
+
+    def commit(
+        self,
+        container: ContainerInfo,
+        repository: str,
+        tag: str,
+        *,
+        labels: Mapping[str, str],
+        changes: list[str],
+        message: str,
+    ) -> str:
+        found = self._get(container)
+        ref = f"{repository}:{tag}"
+        self.images.add(ref)
+        self.labels_of[ref] = dict(labels)
+        self.commits.append({"container": found.name, "ref": ref, "labels": dict(labels), "changes": changes})
+        return f"sha256:{ref}"
+
     def read_file(self, container: ContainerInfo, path: str) -> str:
         files = self._get(container).files
         if path not in files:
@@ -223,6 +279,12 @@ class FakeEngine:
                 found.files.pop(path, None)
             return 0, ""
         if "nginx -t" in text:
+            if self.unresolved_tests:
+                self.unresolved_tests -= 1
+                return (
+                    1,
+                    'nginx: [emerg] host not found in upstream "x-web-1:80" in /etc/nginx/nginx.conf.next:40',
+                )
             if not self.config_ok:
                 return 1, "nginx: [emerg] invalid config (fake)"
             # As the shell does: the script's status is its last command's (grep finding nothing: 1).
@@ -334,7 +396,7 @@ class FakeEngine:
         return {HTTPD.tag, NGINX.tag, *self.images}
 
     def image_labels(self, ref: str) -> dict[str, str]:
-        return {}
+        return dict(self.labels_of.get(ref, {}))
 
     def build_image(self, context: Path, tag: str, **_: object) -> str:
         self.built.append(tag)
@@ -345,7 +407,19 @@ class FakeEngine:
         self.images.add(f"{repository}:{tag}")
 
     def pull_image(self, repository: str, tag: str, on_progress: ProgressFn | None = None) -> str:
-        raise LabError("the Docker engine refused: no registry (fake)")
+        ref = f"{repository}:{tag}"
+        if ref not in self.registry:
+            raise LabError(f"pull of {ref} failed: manifest for {ref} not found: manifest unknown")
+        self.pulled.append(ref)
+        self.images.add(ref)
+        self.labels_of[ref] = dict(self.registry[ref])
+        return "sha256:feed"
+
+    def remove_image(self, ref: str) -> bool:
+        if ref not in self.images:
+            return False
+        self.images.discard(ref)
+        return True
 
     # For the tests -----------------------------------------------------------------------------------
     def container(self, name: str) -> FakeContainer:

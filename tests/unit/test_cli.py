@@ -48,6 +48,20 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["experiment", "deploy", "--tag", "../x"], "tag must be 1-64 letters, digits or _.-"),
         (["experiment", "scale", "--tag", "v2"], "a scale experiment does not take tag"),
         (["deploy", "--tag", "a b"], "tag must be 1-64 letters, digits or _.-"),
+        # The Docker workflow (issue 11): all refused before any engine is asked.
+        (["cp", "/no/such/page.html", "--all"], "copy source '/no/such/page.html' does not exist"),
+        (["cp", "README.md", "--replica", "1", "--all"], "give --replica REPLICA or --all (one of them)"),
+        (["cp", "README.md"], "give --replica REPLICA or --all (one of them)"),
+        (["cp", "README.md", "--all", "--dest", "htdocs"], "--dest must be an absolute path"),
+        (["snapshot", "1", "--tag", "v2!"], "tag must be 1-64 letters, digits or _.-"),
+        (["snapshot", "1", "--tag", "-v2"], "tag must be 1-64 letters, digits or _.-"),
+        (["snapshot", "1"], "Missing option '--tag'"),
+        (["deploy", "--image", "v2", "--tag", "v3"], "--image rolls out an existing image"),
+        (["experiment", "deploy", "--image", "v2", "--tag", "v3"], "--image rolls out an existing image"),
+        (["experiment", "deploy", "--image", "a b"], "tag must be 1-64 letters"),
+        (["up", "--mount-site", "--site", "/no/such/dir"], "site directory '/no/such/dir' does not exist"),
+        (["up", "--tag", "v1"], "--tag is for --from-registry"),
+        (["up", "--from-registry", "--tag", "v 1"], "tag must be 1-64 letters"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

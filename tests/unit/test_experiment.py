@@ -176,7 +176,7 @@ def test_options_that_do_not_apply_are_refused_and_none_means_not_given() -> Non
         ExperimentPlan.create("kill-lb", rate=10, duration=10, options={"how": "kill"})
     plan = ExperimentPlan.create("deploy", rate=10, duration=10, options={"steps": None, "batch": "2"})
     assert plan.batch == 2
-    assert plan.options() == {"batch": 2, "site": None, "tag": None}
+    assert plan.options() == {"batch": 2, "site": None, "tag": None, "image": None}
 
 
 @pytest.mark.parametrize("tag", ["../x", "-v2", "v 2", "x" * 65, ""])

@@ -642,7 +642,7 @@ def generated(draw: st.DrawFn) -> tuple[bytes, Response]:
     draw(st.randoms()).shuffle(others)  # field order does not matter
     head = head[:1] + others
     data = b"\r\n".join(head) + b"\r\n\r\n" + payload
-    expected = Response(status, fields(name), framing != "close", len(body))
+    expected = Response(status, fields(name), framing != "close", len(body), body)
     return data, expected
 
 
@@ -654,6 +654,65 @@ _PRINTABLE = bytes(32 + i % 95 for i in range(256))  # a translation table: any 
 def test_generated_responses_parse_exactly(case: tuple[bytes, Response], cuts: list[int]) -> None:
     data, expected = case
     eof = not expected.keep_alive
-    assert run(cut(data, cuts), eof) == ("ok", expected)
+    assert run(cut(data, cuts), eof) == ("ok", expected._replace(body=b""))
     if expected.keep_alive:
         assert run([data + b"!"], eof=False)[0] == "error"  # a stray byte after the end
+
+
+# -- keeping the content (`keep_body`) -----------------------------------------------------------
+
+
+def kept(pieces: Sequence[bytes], eof: bool, keep: int) -> Response:
+    parser = ResponseParser(WANTED, keep_body=keep)
+    got = [r for r in (parser.feed(p) for p in pieces) if r is not None]
+    if eof:
+        last = parser.feed_eof()
+        got += [last] if last is not None else []
+    assert len(got) == 1
+    return got[0]
+
+
+@pytest.mark.parametrize(("data", "eof", "expected"), [g[1:] for g in GOOD], ids=[g[0] for g in GOOD])
+def test_kept_content_is_the_same_however_split(data: bytes, eof: bool, expected: Response) -> None:
+    whole = kept([data], eof, 1000)
+    assert whole._replace(body=b"") == expected  # keeping changes nothing else
+    assert len(whole.body) == expected.body_length
+    for pieces in splits(data):
+        assert kept(pieces, eof, 1000) == whole, pieces
+        assert kept(pieces, eof, 3).body == whole.body[:3], pieces
+
+
+def test_content_is_kept_only_when_asked_and_only_up_to_the_limit() -> None:
+    data = CL5 + b"\r\nhello"
+    assert ResponseParser().feed(data) == Response(200, {}, True, 5, b"")
+    assert ResponseParser(keep_body=2).feed(data) == Response(200, {}, True, 5, b"he")
+    assert ResponseParser(keep_body=5).feed(data) == Response(200, {}, True, 5, b"hello")
+    with pytest.raises(ValueError, match="keep_body"):
+        ResponseParser(keep_body=-1)
+
+
+def test_kept_content_is_per_response() -> None:
+    parser = ResponseParser(keep_body=100)
+    first = parser.feed(CHUNKED_HEAD + chunked(b"ab", b"c"))
+    parser.reset()
+    assert parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nxy") is not None
+    parser.reset()
+    assert parser.feed(CL5 + b"\r\nhel") is None
+    parser.reset()  # a half-read response is forgotten with its content
+    second = parser.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert first is not None and first.body == b"abc"
+    assert second is not None and second.body == b""
+
+
+@FUZZ
+@given(
+    case=generated(),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+    keep=st.integers(1, 400),
+)
+def test_generated_responses_keep_their_content_exactly(
+    case: tuple[bytes, Response], cuts: list[int], keep: int
+) -> None:
+    data, expected = case
+    response = kept(cut(data, cuts), not expected.keep_alive, keep)
+    assert response.body == expected.body[:keep]

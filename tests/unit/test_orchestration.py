@@ -311,6 +311,23 @@ def test_configure_changes_config_and_spec_together_and_a_failing_config_changes
     assert not any(path.endswith(".next") for path in engine.container("fake-lb").files)
 
 
+@pytest.mark.usefixtures("served_at_once")
+def test_a_name_dns_answers_late_is_waited_out_and_one_that_never_resolves_fails_the_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = FakeEngine()
+    _up(engine, replicas=3)
+    engine.unresolved_tests = 3  # Docker's DNS answers on the fourth try
+    spec = live.configure(engine, "fake", weights="1,2,3")
+    assert lb_files(engine)[1] == spec and engine.unresolved_tests == 0
+    before = lb_files(engine)
+    monkeypatch.setattr("lab.loadbalancer.DNS_PATIENCE", 0.3)
+    engine.unresolved_tests = 1000
+    with pytest.raises(InvalidInput, match="old one keeps serving"):
+        live.configure(engine, "fake", weights="3,2,1")
+    assert lb_files(engine) == before and engine.unresolved_tests > 990  # a bounded wait, then the error
+
+
 # Networks the engine will not release ----------------------------------------------------------
 def _stuck_backend(engine: FakeEngine, lab: str = "fake") -> None:
     """What a dead lab may leave: a network the engine still counts an endpoint on."""

@@ -21,7 +21,7 @@ from lab.report import (
     verify_view,
     write_report,
 )
-from lab.results import AccessLogCheck, HistogramBar, Latency, ReplicaResult, VerifyResult
+from lab.results import AccessLogCheck, ContentVersion, HistogramBar, Latency, ReplicaResult, VerifyResult
 
 
 def latency_bars(seed: int = 1, count: int = 3000) -> list[HistogramBar]:
@@ -289,3 +289,72 @@ def test_write_report_creates_parent_directories(tmp_path: Path) -> None:
     target = tmp_path / "reports" / "today" / "verify.html"
     write_report(target, "<p>ü</p>")
     assert target.read_text(encoding="utf-8") == "<p>ü</p>"
+
+
+def test_contents_get_a_column_and_a_section_only_when_the_run_kept_them() -> None:
+    plain = render_verify_report(balanced_three())
+    assert "content versions" not in plain and '<th scope="col">Content</th>' not in plain
+    base = balanced_three()
+    split = [
+        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
+    ]
+    replicas = {
+        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
+        for name, r in base.replicas.items()
+    }
+    html = render_verify_report(replace(base, contents=split, replicas=replicas))
+    assert "What was served: content versions" in html
+    assert '<th scope="col">Content</th>' in html
+    assert "<code>v1+aaaaaaaa</code>" in html and "lab-web-2 (998), lab-web-3 (1,003)" in html
+    assert "the replica&#39;s own name, so it is taken out" in html or "own name, so it is taken out" in html
+
+
+def test_the_terminal_shows_contents_by_replica_and_by_version() -> None:
+    from rich.console import Console
+
+    from lab import ui
+
+    base = balanced_three()
+    split = [
+        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
+    ]
+    replicas = {
+        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
+        for name, r in base.replicas.items()
+    }
+    result = replace(base, contents=split, replicas=replicas)
+    console = Console(width=200, record=True)
+    console.print(ui.verify_table(result))
+    console.print(ui.content_table(result))
+    text = console.export_text()
+    rows = {
+        line.split("│")[1].strip(): line for line in text.splitlines() if "lab-web-" in line and "│" in line
+    }
+    assert rows["lab-web-1"].rstrip("│ ").endswith("v1+aaaaaaaa")
+    assert rows["lab-web-2"].rstrip("│ ").endswith("v1+bbbbbbbb")
+    assert "v1+bbbbbbbb  " in text and "lab-web-2 (998), lab-web-3 (1,003)" in text
+    one = replace(base, contents=split[:1])
+    assert "every answer carried the same content (v1+bbbbbbbb)" in ui.verify_summary(one)
+
+
+def test_the_json_carries_contents_and_each_replica_its_own() -> None:
+    import json
+
+    base = balanced_three()
+    split = [
+        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
+    ]
+    replicas = {
+        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
+        for name, r in base.replicas.items()
+    }
+    data = json.loads(json.dumps(replace(base, contents=split, replicas=replicas).as_json()))
+    assert [(c["version"], c["count"], c["replicas"]) for c in data["contents"]] == [
+        ("v1+bbbbbbbb", 2001, {"lab-web-2": 998, "lab-web-3": 1003}),
+        ("v1+aaaaaaaa", 999, {"lab-web-1": 999}),
+    ]
+    assert data["replicas"]["lab-web-1"]["contents"] == {"v1+aaaaaaaa": 999}
+    assert sum(c["count"] for c in data["contents"]) == sum(r["count"] for r in data["replicas"].values())

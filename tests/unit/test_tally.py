@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from lab.tally import MAX_ADDRS_PER_REPLICA, UNNAMED_REPLICA, Counts, Second, Tally, upstream_addresses
+from lab import tally
+from lab.tally import (
+    MAX_ADDRS_PER_REPLICA,
+    UNNAMED_REPLICA,
+    Counts,
+    Second,
+    Tally,
+    content_digest,
+    content_versions,
+    upstream_addresses,
+)
 
 T0 = 1000.0  # a monotonic start time
 
@@ -40,6 +50,12 @@ def assert_adds_up(t: Tally) -> None:
             causes[cause] = causes.get(cause, 0) + n
     assert by_replica == t.by_replica
     assert causes == t.errors_by_cause
+    # Contents (when the run kept them): every ok answer once, under the replica that sent it.
+    if t.contents:
+        per_replica: dict[str, int] = {}
+        for (replica, _version, _digest), n in t.contents.items():
+            per_replica[replica] = per_replica.get(replica, 0) + n
+        assert per_replica == t.by_replica
 
 
 def test_outcomes_land_in_the_second_they_arrived() -> None:
@@ -133,3 +149,73 @@ def test_upstream_addresses_lists_retries_and_internal_redirects() -> None:
         b"10.0.0.3:80",
     ]
     assert upstream_addresses(b"10.0.0.1:80") == [b"10.0.0.1:80"]
+
+
+# Contents: what each answer carried ------------------------------------------------------------
+PAGE = b"<title>served by %s</title><h1>%s</h1><p>site version v1</p>"
+
+
+def test_the_replicas_own_name_is_taken_out_of_the_content() -> None:
+    one = content_digest(PAGE % (b"lab-web-1", b"lab-web-1"), b"lab-web-1", 60)
+    ten = content_digest(PAGE % (b"lab-web-10", b"lab-web-10"), b"lab-web-10", 62)
+    assert one == ten and len(one) == 8
+    assert content_digest(PAGE % (b"lab-web-1", b"lab-web-2"), b"lab-web-1", 60) != one  # not its own name
+    assert content_digest(b"<h1>new page</h1>", b"lab-web-1", 17) != one
+    assert content_digest(b"same", b"", 4) == content_digest(b"same", b"", 4)
+
+
+def test_a_body_longer_than_what_is_kept_is_known_by_its_start_and_length() -> None:
+    start = b"x" * tally.KEEP_BODY
+    longer, longest = (content_digest(start, b"", tally.KEEP_BODY + n) for n in (1, 2))
+    assert longer != longest != content_digest(start, b"", tally.KEEP_BODY)
+
+
+def test_a_version_with_one_content_is_named_by_its_version_else_by_both() -> None:
+    contents = {
+        ("w1", "v1", "aaaaaaaa"): 5,
+        ("w2", "v1", "bbbbbbbb"): 5,  # a `lab cp` made w2 differ
+        ("w3", "v2", "cccccccc"): 5,
+        ("w4", "v2", "cccccccc"): 5,
+        ("x", "", "dddddddd"): 1,  # no X-Site-Version
+    }
+    assert content_versions(contents) == {
+        ("v1", "aaaaaaaa"): "v1+aaaaaaaa",
+        ("v1", "bbbbbbbb"): "v1+bbbbbbbb",
+        ("v2", "cccccccc"): "v2",
+        ("", "dddddddd"): "#dddddddd",
+    }
+
+
+def test_contents_are_counted_per_replica_and_version() -> None:
+    counts = Counts(T0)
+    for replica, body in [(b"w1", PAGE % (b"w1", b"w1"))] * 3 + [(b"w2", PAGE % (b"w2", b"w2"))] * 2:
+        counts.answer(T0, 0.001, 200, replica, b"")
+        counts.content(replica, b"v1", body, len(body))
+    counts.answer(T0, 0.001, 200, b"w2", b"")
+    counts.content(b"w2", b"v1", b"<h1>copied</h1>", 15)
+    t = counts.tally(1.0)
+    assert_adds_up(t)
+    same = content_digest(PAGE % (b"w1", b"w1"), b"w1", 0)
+    copied = content_digest(b"<h1>copied</h1>", b"w2", 15)
+    assert t.contents == {("w1", "v1", same): 3, ("w2", "v1", same): 2, ("w2", "v1", copied): 1}
+
+
+def test_a_server_whose_every_answer_differs_keeps_memory_flat() -> None:
+    counts = Counts(T0)
+    for i in range(tally.MAX_CONTENTS + 500):
+        body = b"now: %d" % i
+        counts.answer(T0, 0.001, 200, b"w1", b"")
+        counts.content(b"w1", b"v1", body, len(body))
+    t = counts.tally(1.0)
+    assert_adds_up(t)
+    assert len(t.contents) == tally.MAX_CONTENTS + 1
+    assert t.contents[("w1", "v1", tally.OTHER_CONTENT)] == 500
+    assert all(len(memo) <= 16 for memo in counts._digests.values())
+
+
+def test_merge_adds_contents() -> None:
+    a, b = Tally(ok=1, sent=1), Tally(ok=2, sent=2)
+    a.contents = {("w1", "v1", "aa"): 1}
+    b.contents = {("w1", "v1", "aa"): 1, ("w2", "v1", "aa"): 1}
+    a.merge(b)
+    assert a.contents == {("w1", "v1", "aa"): 2, ("w2", "v1", "aa"): 1}

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from lab.tally import content_digest
 from lab.traffic import (
     UNNAMED_REPLICA,
     Pacer,
@@ -219,6 +220,34 @@ def test_answers_framed_every_way_count_alike() -> None:
         t = run_load("127.0.0.1", port, requests=40, duration=10, concurrency=1)
     assert_adds_up(t)
     assert t.by_replica == {"r1": 10, "r2": 10, "r3": 10, "r4": 10} and t.errors == 0
+
+
+def test_contents_are_counted_only_when_asked_whatever_the_framing() -> None:
+    def length(body: bytes) -> bytes:
+        return b"Content-Length: %d" % len(body)
+
+    page, new_page, version = b"<h1>served by %s</h1>", b"<h1>a new page</h1>", b"X-Site-Version: v1"
+    chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(page % b"r2"), page % b"r2")
+    answers = [
+        reply(page % b"r1", length(page % b"r1"), version),
+        reply(chunks, b"Transfer-Encoding: chunked", version, name=b"r2"),
+        reply(new_page, length(new_page), version, name=b"r3"),
+        reply(page % b"r4", version, b"Connection: close", name=b"r4"),
+    ]
+    with raw_serve(lambda n: (answers[n % 4], n % 4 == 3)) as port:
+        plain = run_load("127.0.0.1", port, requests=8, duration=10, concurrency=1)
+        t = run_load("127.0.0.1", port, requests=40, duration=10, concurrency=1, content=True)
+    assert plain.contents == {}
+    assert_adds_up(t)
+    assert t.errors == 0
+    same = content_digest(page % b"", b"", 0)
+    new = content_digest(new_page, b"", 0)
+    assert t.contents == {
+        ("r1", "v1", same): 10,
+        ("r2", "v1", same): 10,
+        ("r3", "v1", new): 10,
+        ("r4", "v1", same): 10,
+    }
 
 
 def free_port() -> int:

@@ -72,3 +72,33 @@ def test_access_log_addresses_map_to_replicas_by_what_the_answers_named() -> Non
         {"172.21.0.2:80": 2, "172.21.0.3:80": 1, "10.0.0.9:80": 1}, tally
     )
     assert by_replica == {"lab-web-1": 2, "lab-web-2": 1, "unknown address 10.0.0.9:80": 1}
+
+
+# Content versions -------------------------------------------------------------------------------
+def test_answers_are_grouped_by_content_as_well_as_by_replica() -> None:
+    tally = Tally(ok=10, sent=10)
+    tally.contents = {
+        ("lab-web-1", "v1", "aaaaaaaa"): 3,  # lab cp gave replica 1 a new page
+        ("lab-web-2", "v1", "bbbbbbbb"): 4,
+        ("lab-web-3", "v1", "bbbbbbbb"): 3,
+    }
+    groups = verifier.content_groups(tally)
+    assert [(g.version, g.count, g.replicas) for g in groups] == [
+        ("v1+bbbbbbbb", 7, {"lab-web-2": 4, "lab-web-3": 3}),
+        ("v1+aaaaaaaa", 3, {"lab-web-1": 3}),
+    ]
+    assert groups[0].share == 0.7 and groups[0].site_version == "v1" and groups[0].digest == "bbbbbbbb"
+    (note,) = verifier.content_notes(groups)
+    assert note == (
+        "the replicas serve 2 different contents: v1+bbbbbbbb from lab-web-2, lab-web-3; "
+        "v1+aaaaaaaa from lab-web-1"
+    )
+
+
+def test_one_content_everywhere_is_named_by_its_site_version_and_needs_no_note() -> None:
+    tally = Tally(ok=4, sent=4)
+    tally.contents = {("lab-web-1", "v1", "aaaaaaaa"): 2, ("lab-web-2", "v1", "aaaaaaaa"): 2}
+    groups = verifier.content_groups(tally)
+    assert [(g.version, g.count) for g in groups] == [("v1", 4)]
+    assert verifier.content_notes(groups) == []
+    assert verifier.content_groups(Tally()) == []  # a run that kept no contents
