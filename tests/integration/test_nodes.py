@@ -275,10 +275,15 @@ def test_a_container_on_the_host_engine_reaches_every_task_over_the_overlay(
     deadline = time.monotonic() + 15
     with requests.Session() as session:
         while len(counts) < 2 or sum(counts.values()) < 20:
-            response = session.get(f"http://127.0.0.1:{port}/", timeout=5)
+            assert time.monotonic() < deadline, f"only {dict(counts)} through nginx"
+            try:
+                response = session.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except requests.ConnectionError:
+                # The reload is asynchronous: a worker of the old config answered on this keep-alive
+                # connection and closed it as it shut down (seen once in CI).
+                continue
             if response.status_code == 200 and "X-Served-By" in response.headers:
                 counts[response.headers["X-Served-By"]] += 1
-            assert time.monotonic() < deadline, f"only {dict(counts)} through nginx"
     assert set(counts) == {f"{service}-1", f"{service}-2"}
 
 
