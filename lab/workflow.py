@@ -17,6 +17,7 @@ from pathlib import Path
 from lab import labels
 from lab.engine import ContainerEngine, ContainerInfo
 from lab.errors import InvalidInput, LabError
+from lab.loadbalancer import LoadBalancer
 from lab.replicas import DOCROOT
 from lab.site import SITE_REPOSITORY
 from lab.spec import parse_version_tag
@@ -125,7 +126,17 @@ def image_ref(value: str) -> str:
 
 # Engine ---------------------------------------------------------------------------------------
 def find_replicas(engine: ContainerEngine, lab: str, replica: str | None) -> list[ContainerInfo]:
-    """The running replicas of `lab`: one by name (`lab-web-2`) or number (`2`), or all (None)."""
+    """The running replicas of `lab`: one by name (`lab-web-2`) or number (`2`), or all (None).
+
+    A swarm lab is refused: its replicas are tasks, on other nodes too, that Swarm replaces at will,
+    so a change made inside one would not last (and some would be out of reach).
+    """
+    lb = LoadBalancer.find(engine, lab)
+    if lb is not None and lb.spec().engine == "swarm":
+        raise InvalidInput(
+            f"lab {lab!r} runs on Docker Swarm, whose tasks are replaced at will: change the site "
+            "and `lab deploy` it instead"
+        )
     web = sorted(
         engine.containers(labels.lab_filter(lab, labels.ROLE_WEB)),
         key=lambda c: labels.replica_index(c.labels),

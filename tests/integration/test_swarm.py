@@ -299,6 +299,22 @@ def test_kill_node_with_no_worker_is_one_line(lab_engine: Engine, swarm_lab: Swa
     assert result.code == 2 and "there is no worker node to kill" in result.stderr
 
 
+def test_cp_and_snapshot_refuse_a_swarm_lab_whose_tasks_come_and_go(
+    lab_engine: Engine, swarm_lab: SwarmLab, tmp_path: Path
+) -> None:
+    page = tmp_path / "extra.html"
+    page.write_text("<p>extra</p>")
+    for args in (
+        ("cp", str(page), "--name", swarm_lab.name, "--all"),
+        ("snapshot", "1", "--name", swarm_lab.name, "--tag", "never"),
+    ):
+        result = run_lab(*args)
+        assert result.code == 2, result.stderr
+        assert "runs on Docker Swarm, whose tasks are replaced at will" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not lab_engine.image_exists("lab/site:never")
+
+
 def test_down_removes_the_service_and_everything_else_and_the_swarm_stays(
     lab_engine: Engine, swarm_lab: SwarmLab
 ) -> None:
