@@ -23,28 +23,13 @@ from lab.pytest_plugin import free_port, unique_name
 from lab.site import ensure_site_image
 from lab.spec import DEFAULT_SITE
 
-from .conftest import raw, run_lab
+from .conftest import SwarmFound, raw, run_lab, swarm_found
 
 pytestmark = pytest.mark.swarm
 
 HTTPD_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
 NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
 TASKS_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class EngineState:
-    """What must be the same after the tests as before them."""
-
-    swarm: str
-    cluster: str
-    gwbridge: bool
-
-
-def engine_state(engine: Engine) -> EngineState:
-    info = engine.swarm_state()
-    cluster = str((info.get("Cluster") or {}).get("ID") or "")
-    return EngineState(str(info.get("LocalNodeState")), cluster, engine.network(swarm.GWBRIDGE) is not None)
 
 
 @dataclass
@@ -55,7 +40,7 @@ class Desk:
     base: BaseImages
     site_image: str
     added: nodes.Added
-    before: EngineState
+    before: SwarmFound
     made: list[Callable[[], object]] = field(default_factory=list)  # what tests made, undone at the end
 
 
@@ -63,7 +48,7 @@ class Desk:
 def desk(lab_engine: Engine, swarm_manager: swarm.Manager) -> Iterator[Desk]:
     """Two nodes on the session's swarm (tests/integration/conftest.py: entered and left once)."""
     engine = lab_engine
-    before = engine_state(engine)
+    before = swarm_found(engine)
     current = swarm.view(engine)
     if current.state == "active" and not current.manager:
         pytest.fail("this engine is a swarm worker; the node tests need a manager (or no swarm)")
@@ -117,14 +102,14 @@ def test_without_init_an_engine_outside_swarm_mode_is_refused(lab_engine: Engine
 def test_a_failed_add_removes_its_nodes_and_a_swarm_it_initialised(
     lab_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = engine_state(lab_engine)
+    before = swarm_found(lab_engine)
     prefix = unique_name("fail")
     monkeypatch.setattr(nodes, "join_command", lambda *_: ["sh", "-c", "echo 'join refused (test)'; exit 1"])
     with pytest.raises(SwarmError, match=f"node {prefix}-1 could not join the swarm: join refused"):
-        nodes.add(lab_engine, 2, init=before.swarm == "inactive", prefix=prefix)
+        nodes.add(lab_engine, 2, init=before.state == "inactive", prefix=prefix)
     assert not nodes.node_containers(lab_engine, prefix)
     assert not any(lab_engine.volume_exists(nodes.volume_name(f"{prefix}-{i}")) for i in (1, 2))
-    assert engine_state(lab_engine) == before
+    assert swarm_found(lab_engine) == before
 
 
 # Two workers -------------------------------------------------------------------------------------
@@ -321,10 +306,10 @@ def test_rm_all_leaves_the_engine_as_found(lab_engine: Engine, desk: Desk) -> No
         assert f"{desk.prefix}-1" in result.stdout and f"{desk.prefix}-2" in result.stdout
         if desk.added.manager.initialised:
             assert "left the swarm the lab had initialised" in result.stdout
-            assert engine_state(lab_engine) == desk.before
+            assert swarm_found(lab_engine) == desk.before
         else:  # the session's swarm (conftest): it, and the docker_gwbridge it made, go when the session ends
-            now = engine_state(lab_engine)
-            assert (now.swarm, now.cluster) == (desk.before.swarm, desk.before.cluster)
+            now = swarm_found(lab_engine)
+            assert (now.state, now.cluster) == (desk.before.state, desk.before.cluster)
     assert not nodes.node_containers(lab_engine, desk.prefix)
     for index in (1, 2):
         assert not lab_engine.volume_exists(nodes.volume_name(f"{desk.prefix}-{index}"))
