@@ -200,8 +200,10 @@ def verify_table(result: VerifyResult) -> Table:
     table = Table(title=title, title_justify="left")
     # Names are never cut; on a narrow terminal (or a pipe, 80 columns) the bar gives way first.
     names = max((len(name) for name in result.replicas), default=8)
+    # One content version is said in a line below the table; a column only when there are several.
+    split = len(result.contents) > 1
     served = {name: _contents_cell(r.contents) for name, r in result.replicas.items()}
-    content_width = max((len(text) for text in served.values()), default=0) + 3 if result.contents else 0
+    content_width = max((len(text) for text in served.values()), default=0) + 3 if split else 0
     bar_width = min(_BAR_WIDTH, out.width - _TABLE_WITHOUT_BAR - names - content_width)
     table.add_column("replica", no_wrap=True)
     for column in ("count", "share", "expected"):
@@ -210,7 +212,7 @@ def verify_table(result: VerifyResult) -> Table:
         table.add_column("", no_wrap=True)
     for column in ("p50 ms", "p95 ms", "p99 ms", "5xx", "access log"):
         table.add_column(column, justify="right")
-    if result.contents:
+    if split:
         table.add_column("content", no_wrap=True)
     scale = max(
         [r.share for r in result.replicas.values()] + [r.expected_share for r in result.replicas.values()]
@@ -227,7 +229,7 @@ def verify_table(result: VerifyResult) -> Table:
         table.add_row(
             r.name, f"{r.count:,}", f"{r.share:.1%}", expected, *bar,
             _ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None),
-            str(r.errors), logged, *([escape(served[r.name])] if result.contents else []),
+            str(r.errors), logged, *([escape(served[r.name])] if split else []),
         )  # fmt: skip
     return table
 

@@ -339,6 +339,24 @@ def test_the_terminal_shows_contents_by_replica_and_by_version() -> None:
     assert "every answer carried the same content (v1+bbbbbbbb)" in ui.verify_summary(one)
 
 
+def test_one_content_version_is_a_line_not_a_column_so_80_columns_keep_every_number() -> None:
+    from rich.console import Console
+
+    from lab import ui
+
+    base = balanced_three()
+    one = ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 3000, 1.0, dict.fromkeys(base.replicas, 1000))
+    replicas = {name: replace(r, contents={one.version: 1000}) for name, r in base.replicas.items()}
+    result = replace(base, contents=[one], replicas=replicas)
+    console = Console(width=80, record=True)
+    console.print(ui.verify_table(result))
+    text = console.export_text()
+    assert "content" not in text and "v1+bbbbbbbb" not in text
+    rows = [line for line in text.splitlines() if "lab-web-" in line]
+    assert len(rows) == 3 and not any("…" in row for row in rows), text  # every number whole
+    assert all(row.rstrip("│ ").endswith(f"{base.replicas[row.split()[1]].count:,}") for row in rows), text
+
+
 def test_the_json_carries_contents_and_each_replica_its_own() -> None:
     import json
 
