@@ -569,6 +569,13 @@ def needed(share: float) -> int:
     return math.ceil(MIN_EXPECTED / share - 1e-9)
 
 
+def _too_few(total: int, smallest: float, test: dict[str, Any], why: str) -> Judgement:
+    """Inconclusive: the smallest expected count (`total` x `smallest` share) is below MIN_EXPECTED."""
+    test["passed"] = None
+    reason = f"too few requests to judge: {total:,} give the smallest expectation {total * smallest:.1f}{why}"
+    return Judgement("inconclusive", reason, test, f"send at least {needed(smallest):,} requests")
+
+
 def judge(
     method: str,
     replicas: Sequence[str],
@@ -670,12 +677,12 @@ def _judge_chi_square(
     smallest = min(s for s in shares if s > 0)
     test = base | {"test": "chi_square", "alpha": alpha, "min_expected": total * smallest}
     if total * smallest < MIN_EXPECTED:
-        test["passed"] = None
-        reason = (
-            f"too few requests to judge: {total:,} give the smallest expectation {total * smallest:.1f} "
-            f"requests, and chi-square needs at least {MIN_EXPECTED} for every replica"
+        return _too_few(
+            total,
+            smallest,
+            test,
+            f" requests, and chi-square needs at least {MIN_EXPECTED} for every replica",
         )
-        return Judgement("inconclusive", reason, test, f"send at least {needed(smallest):,} requests")
     fit = chi_square(observed, shares)
     test |= {
         "statistic": fit.statistic,
@@ -827,12 +834,7 @@ def _judge_band(
         )
     smallest = min(lo for lo, a in zip(band.low, active, strict=True) if a)
     if total * smallest < MIN_EXPECTED:
-        test["passed"] = None
-        reason = (
-            f"too few requests to judge: {total:,} give the smallest expectation {total * smallest:.1f}, "
-            f"under {MIN_EXPECTED}"
-        )
-        return Judgement("inconclusive", reason, test, f"send at least {needed(smallest):,} requests")
+        return _too_few(total, smallest, test, f", under {MIN_EXPECTED}")
     test["passed"] = True
     widest = max(range(len(replicas)), key=lambda i: band.high[i] - band.low[i])
     reason = (
