@@ -291,9 +291,8 @@ def test_write_report_creates_parent_directories(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == "<p>ü</p>"
 
 
-def test_contents_get_a_column_and_a_section_only_when_the_run_kept_them() -> None:
-    plain = render_verify_report(balanced_three())
-    assert "content versions" not in plain and '<th scope="col">Content</th>' not in plain
+def split_by_content() -> VerifyResult:
+    """balanced_three, where lab-web-1 served other content than the two others."""
     base = balanced_three()
     split = [
         ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
@@ -303,7 +302,13 @@ def test_contents_get_a_column_and_a_section_only_when_the_run_kept_them() -> No
         name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
         for name, r in base.replicas.items()
     }
-    html = render_verify_report(replace(base, contents=split, replicas=replicas))
+    return replace(base, contents=split, replicas=replicas)
+
+
+def test_contents_get_a_column_and_a_section_only_when_the_run_kept_them() -> None:
+    plain = render_verify_report(balanced_three())
+    assert "content versions" not in plain and '<th scope="col">Content</th>' not in plain
+    html = render_verify_report(split_by_content())
     assert "What was served: content versions" in html
     assert '<th scope="col">Content</th>' in html
     assert "<code>v1+aaaaaaaa</code>" in html and "lab-web-2 (998), lab-web-3 (1,003)" in html
@@ -316,15 +321,8 @@ def test_the_terminal_shows_contents_by_replica_and_by_version() -> None:
     from lab import ui
 
     base = balanced_three()
-    split = [
-        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
-        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
-    ]
-    replicas = {
-        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
-        for name, r in base.replicas.items()
-    }
-    result = replace(base, contents=split, replicas=replicas)
+    result = split_by_content()
+    split = result.contents
     console = Console(width=200, record=True)
     console.print(ui.verify_table(result))
     console.print(ui.content_table(result))
@@ -360,16 +358,7 @@ def test_one_content_version_is_a_line_not_a_column_so_80_columns_keep_every_num
 def test_the_json_carries_contents_and_each_replica_its_own() -> None:
     import json
 
-    base = balanced_three()
-    split = [
-        ContentVersion("v1+bbbbbbbb", "v1", "bbbbbbbb", 2001, 0.667, {"lab-web-2": 998, "lab-web-3": 1003}),
-        ContentVersion("v1+aaaaaaaa", "v1", "aaaaaaaa", 999, 0.333, {"lab-web-1": 999}),
-    ]
-    replicas = {
-        name: replace(r, contents={g.version: g.replicas[name] for g in split if name in g.replicas})
-        for name, r in base.replicas.items()
-    }
-    data = json.loads(json.dumps(replace(base, contents=split, replicas=replicas).as_json()))
+    data = json.loads(json.dumps(split_by_content().as_json()))
     assert [(c["version"], c["count"], c["replicas"]) for c in data["contents"]] == [
         ("v1+bbbbbbbb", 2001, {"lab-web-2": 998, "lab-web-3": 1003}),
         ("v1+aaaaaaaa", 999, {"lab-web-1": 999}),
