@@ -13,7 +13,7 @@ import itertools
 import queue
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.engine import (
     Filters,
@@ -28,6 +28,9 @@ from lab.engine import (
 from lab.errors import NameInUse
 
 from .fake_engine import FakeEngine, _matches
+
+if TYPE_CHECKING:
+    import pytest
 
 MANAGER = "node-m"
 
@@ -262,3 +265,24 @@ class FakeSwarm(FakeEngine):
 
 def _conforms(engine: FakeSwarm) -> SwarmEngine:
     return engine  # mypy checks that the fake implements the interface
+
+
+def serve_without_http_or_watcher(monkeypatch: pytest.MonkeyPatch, started: list[str] | None = None) -> None:
+    """A swarm lab on the fake: nginx "answers" with the config its file holds, no watcher container
+    runs (the tests run its looks); the labs a watcher would have been started for go to `started`."""
+    from lab import watcher
+    from lab.loadbalancer import LoadBalancer, config_generation
+
+    def wait_serving(self: LoadBalancer, *_: object, **__: object) -> None:
+        assert self.state().status == "running"
+
+    monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
+    monkeypatch.setattr(
+        LoadBalancer, "answers_with", lambda self, _spec, gen: config_generation(self.config()) == gen
+    )
+    monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: "lab/watcher:test")
+    monkeypatch.setattr(
+        watcher,
+        "start",
+        lambda _engine, lab, _image, _progress: (started if started is not None else []).append(lab),
+    )

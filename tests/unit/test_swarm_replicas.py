@@ -11,7 +11,7 @@ import pytest
 from lab import labels, orchestrator, watcher
 from lab.engine import TaskInfo
 from lab.errors import DeployFailed, InvalidInput, NotReady, SwarmError
-from lab.loadbalancer import NGINX_CONF, SPEC_FILE, LoadBalancer, config_generation, upstream_hosts
+from lab.loadbalancer import NGINX_CONF, SPEC_FILE, upstream_hosts
 from lab.pytest_plugin import free_port
 from lab.replicas import HTTPD_CAPS, SiteImage
 from lab.spec import LabSpec
@@ -26,7 +26,7 @@ from lab.swarm_replicas import (
 )
 from lab.taskwatch import Watcher
 from lab.undo import Undo
-from tests.unit.fake_swarm import MANAGER, FakeSwarm
+from tests.unit.fake_swarm import MANAGER, FakeSwarm, serve_without_http_or_watcher
 
 IMAGE = SiteImage("lab/site:v1", "v1")
 
@@ -171,18 +171,8 @@ def test_start_returns_once_every_task_runs_and_gives_up_on_tasks_that_keep_fail
 @pytest.fixture
 def swarm_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSwarm, LabSpec]]:
     """A swarm lab up on the fake: no HTTP, no watcher container (the tests run its looks)."""
-
-    def wait_serving(self: LoadBalancer, *_: object, **__: object) -> None:
-        assert self.state().status == "running"
-
-    monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
-    # No HTTP here: the fake's nginx answers with the config its file holds.
-    monkeypatch.setattr(
-        LoadBalancer, "answers_with", lambda self, _spec, gen: config_generation(self.config()) == gen
-    )
-    monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: "lab/watcher:test")
     started: list[str] = []
-    monkeypatch.setattr(watcher, "start", lambda engine, lab, image, progress: started.append(lab))
+    serve_without_http_or_watcher(monkeypatch, started)
     engine = FakeSwarm()
     spec = LabSpec.create(name="sw", replicas=3, port=free_port(), engine="swarm", weights="3,1,1")
     status = orchestrator.up(engine, spec)

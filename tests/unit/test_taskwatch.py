@@ -10,14 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import live, orchestrator, watcher
+from lab import live, orchestrator
 from lab.engine import TaskInfo
 from lab.errors import Conflict
 from lab.loadbalancer import (
     NGINX_CONF,
     SPEC_FILE,
     LoadBalancer,
-    config_generation,
     spec_json,
     swap_script,
     upstream_hosts,
@@ -35,7 +34,7 @@ from lab.taskwatch import (
     relevant,
     task_by_address,
 )
-from tests.unit.fake_swarm import FakeSwarm
+from tests.unit.fake_swarm import FakeSwarm, serve_without_http_or_watcher
 
 SERVICE = "sw-web"
 
@@ -103,16 +102,7 @@ def test_the_swap_compares_the_stored_spec_under_a_lock() -> None:
 # A swarm lab on the fake ------------------------------------------------------------------------
 @pytest.fixture
 def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSwarm]:
-    def wait_serving(self: LoadBalancer, *_: object, **__: object) -> None:
-        assert self.state().status == "running"
-
-    monkeypatch.setattr(LoadBalancer, "wait_serving", wait_serving)
-    # No HTTP here: the fake's nginx answers with the config its file holds.
-    monkeypatch.setattr(
-        LoadBalancer, "answers_with", lambda self, _spec, gen: config_generation(self.config()) == gen
-    )
-    monkeypatch.setattr(watcher, "ensure_image", lambda *_a, **_k: "lab/watcher:test")
-    monkeypatch.setattr(watcher, "start", lambda *_a, **_k: None)
+    serve_without_http_or_watcher(monkeypatch)
     engine = FakeSwarm()
     orchestrator.up(engine, LabSpec.create(name="sw", replicas=3, port=free_port(), engine="swarm"))
     yield engine
