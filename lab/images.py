@@ -263,6 +263,39 @@ def ensure_rootfs(engine: Engine, standin: StandIn, progress: ProgressFn | None 
     return standin.rootfs
 
 
+def ensure_program_image(
+    engine: Engine,
+    tag: str,
+    dockerfile: str,
+    files: Iterable[tuple[str, bytes]],
+    image_labels: dict[str, str],
+    progress: ProgressFn | None = None,
+) -> str:
+    """Build `tag`, a program of lab's on Debian's python3 root file system (offline), unless it
+    exists. The Dockerfile gets that root file system as build argument ROOTFS; `files` go into the
+    build context by their relative paths. Tags are named by content by the callers."""
+    if engine.image_exists(tag):
+        return tag
+    report = progress or (lambda _step, _fraction: None)
+    rootfs = ensure_rootfs(engine, PYTHON_ROOTFS, progress)
+    report(f"building {tag}", None)
+    with tempfile.TemporaryDirectory(prefix="lab-program-") as scratch:
+        context = Path(scratch)
+        (context / "Dockerfile").write_text(dockerfile)
+        for path, content in files:
+            target = context / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        engine.build_image(
+            context,
+            tag,
+            buildargs={"ROOTFS": rootfs},
+            labels={**image_labels, "org.opencontainers.image.base.name": rootfs},
+        )
+    report(f"built {tag}", 1.0)
+    return tag
+
+
 def _scratch_root() -> str | None:
     """tmpfs when it has room: unpacking a root file system is disk-bound here."""
     try:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,28 +73,18 @@ def image_tag() -> str:
 
 def ensure_image(engine: ContainerEngine, progress: ProgressFn | None = None) -> str:
     """Build the reaper image (Debian's python3 and the agent, offline) unless it exists."""
-    tag = image_tag()
-    if engine.image_exists(tag):
-        return tag
-    report = progress or (lambda _step, _fraction: None)
-    rootfs = images.ensure_rootfs(engine, images.PYTHON_ROOTFS, progress)
-    report(f"building {tag}", None)
-    with tempfile.TemporaryDirectory(prefix="lab-reaper-") as context:
-        (Path(context) / "Dockerfile").write_text(DOCKERFILE)
-        (Path(context) / "reaper_agent.py").write_bytes(AGENT.read_bytes())
-        engine.build_image(
-            Path(context),
-            tag,
-            buildargs={"ROOTFS": rootfs},
-            labels={
-                labels.ROLE: labels.ROLE_REAPER_IMAGE,
-                "org.opencontainers.image.title": "lab reaper",
-                "org.opencontainers.image.description": "Removes labs whose session is gone or whose time is up",
-                "org.opencontainers.image.base.name": rootfs,
-            },
-        )
-    report(f"built {tag}", 1.0)
-    return tag
+    return images.ensure_program_image(
+        engine,
+        image_tag(),
+        DOCKERFILE,
+        [("reaper_agent.py", AGENT.read_bytes())],
+        {
+            labels.ROLE: labels.ROLE_REAPER_IMAGE,
+            "org.opencontainers.image.title": "lab reaper",
+            "org.opencontainers.image.description": "Removes labs whose session is gone or whose time is up",
+        },
+        progress,
+    )
 
 
 # Settings -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ copied: a changed lab builds a new image, and a running lab keeps the one it sta
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from pathlib import Path
 
 from lab import images, labels
@@ -48,39 +47,28 @@ def sources() -> list[tuple[str, bytes]]:
     return [*found, ("nginx/nginx.conf.j2", TEMPLATE.read_bytes())]
 
 
-def image_tag() -> str:
+def image_tag(files: list[tuple[str, bytes]] | None = None) -> str:
     digest = hashlib.sha256(DOCKERFILE.encode())
-    for path, content in sources():
+    for path, content in sources() if files is None else files:
         digest.update(path.encode() + b"\0" + hashlib.sha256(content).digest())
     return f"{REPOSITORY}:{digest.hexdigest()[:12]}"
 
 
 def ensure_image(engine: ContainerEngine, progress: ProgressFn = quiet) -> str:
     """Build the watcher image unless one of this content exists."""
-    tag = image_tag()
-    if engine.image_exists(tag):
-        return tag
-    rootfs = images.ensure_rootfs(engine, images.PYTHON_ROOTFS, progress)
-    progress(f"building {tag}", None)
-    with tempfile.TemporaryDirectory(prefix="lab-watcher-") as scratch:
-        context = Path(scratch)
-        (context / "Dockerfile").write_text(DOCKERFILE)
-        for path, content in sources():
-            target = context / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-        engine.build_image(
-            context,
-            tag,
-            buildargs={"ROOTFS": rootfs},
-            labels={
-                labels.ROLE: labels.ROLE_WATCHER_IMAGE,
-                "org.opencontainers.image.title": "lab watcher",
-                "org.opencontainers.image.description": "Keeps a swarm lab's nginx upstream on its running tasks",
-                "org.opencontainers.image.base.name": rootfs,
-            },
-        )
-    return tag
+    files = sources()
+    return images.ensure_program_image(
+        engine,
+        image_tag(files),
+        DOCKERFILE,
+        files,
+        {
+            labels.ROLE: labels.ROLE_WATCHER_IMAGE,
+            "org.opencontainers.image.title": "lab watcher",
+            "org.opencontainers.image.description": "Keeps a swarm lab's nginx upstream on its running tasks",
+        },
+        progress,
+    )
 
 
 def name_of(lab: str) -> str:
